@@ -1,0 +1,42 @@
+"""python -m jaxseg.convert IN.pkl|IN.pth OUTDIR --config CFG [KEY VALUE ...]
+
+Reads a detectron2 model-zoo .pkl or a PyTorch .pth (without PyTorch), maps it onto the model of CFG
+(every tensor used or explicitly ignored) and writes an orbax checkpoint directory that MODEL.WEIGHTS accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jaxseg.cli_utils import run_cli
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m jaxseg.convert", description=__doc__.splitlines()[2])
+    p.add_argument("input", help="checkpoint file: detectron2 .pkl or PyTorch .pth")
+    p.add_argument("output", help="new directory for the converted checkpoint")
+    p.add_argument("--config", "--config-file", dest="config", required=True, help="model config YAML")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return p.parse_args(argv)
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import jax
+
+    from jaxseg.checkpoint.loading import load_weights
+    from jaxseg.checkpoint.orbax_io import save_variables
+    from jaxseg.config import setup_cfg
+
+    cfg = setup_cfg(args.config, args.opts)
+    variables = load_weights(cfg, args.input)
+    save_variables(args.output, variables)
+    n = sum(v.size for v in jax.tree.leaves(variables))
+    print(f"wrote {args.output}: {n:,} values from {args.input}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

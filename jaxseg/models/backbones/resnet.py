@@ -1,0 +1,87 @@
+"""ResNet (detectron2 flavour): BasicStem + bottleneck stages res2..res5, FrozenBN, stride in the 1x1 conv.
+
+Module names follow detectron2's state dict: `stem/conv1`, `res3_0/shortcut`, `res3_0/conv1` ...
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from jaxseg.models.layers import Conv2d, max_pool
+
+# blocks per stage res2..res5
+RESNET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+
+
+class BasicStem(nn.Module):
+    """7x7/2 conv (pad 3) + norm + ReLU, then 3x3/2 max pool (pad 1): stride 4."""
+
+    out_channels: int = 64
+    norm: str = "FrozenBN"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = Conv2d(self.out_channels, 7, stride=2, padding=3, use_bias=False, norm=self.norm, activation=True,
+                   name="conv1")(x)
+        return max_pool(x, 3, 2, 1)
+
+
+class BottleneckBlock(nn.Module):
+    """1x1 -> 3x3 -> 1x1 with a projection shortcut when the channel count changes."""
+
+    out_channels: int
+    bottleneck_channels: int
+    stride: int = 1
+    stride_in_1x1: bool = True
+    dilation: int = 1
+    norm: str = "FrozenBN"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        s1, s3 = (self.stride, 1) if self.stride_in_1x1 else (1, self.stride)
+        if x.shape[-1] != self.out_channels:
+            shortcut = Conv2d(self.out_channels, 1, stride=self.stride, use_bias=False, norm=self.norm,
+                              name="shortcut")(x)
+        else:
+            shortcut = x
+        y = Conv2d(self.bottleneck_channels, 1, stride=s1, use_bias=False, norm=self.norm, activation=True,
+                   name="conv1")(x)
+        y = Conv2d(self.bottleneck_channels, 3, stride=s3, padding=self.dilation, dilation=self.dilation,
+                   use_bias=False, norm=self.norm, activation=True, name="conv2")(y)
+        y = Conv2d(self.out_channels, 1, use_bias=False, norm=self.norm, name="conv3")(y)
+        return nn.relu(y + shortcut)
+
+
+class ResNet(nn.Module):
+    """Returns {"res2": stride 4, ..., "res5": stride 32} (only those in `out_features`)."""
+
+    depth: int = 50
+    out_features: tuple[str, ...] = ("res2", "res3", "res4", "res5")
+    stem_out_channels: int = 64
+    res2_out_channels: int = 256
+    width_per_group: int = 64
+    num_groups: int = 1
+    stride_in_1x1: bool = True
+    res5_dilation: int = 1
+    norm: str = "FrozenBN"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:  # x: (N, H, W, 3)
+        if self.num_groups != 1:
+            raise ValueError("RESNETS.NUM_GROUPS != 1 (ResNeXt) is not supported yet")
+        x = BasicStem(self.stem_out_channels, self.norm, name="stem")(x)
+        outputs = {}
+        out_ch, bott_ch = self.res2_out_channels, self.width_per_group * self.num_groups
+        for i, num_blocks in enumerate(RESNET_DEPTHS[self.depth]):
+            stage = f"res{i + 2}"
+            dilation = self.res5_dilation if stage == "res5" else 1
+            first_stride = 1 if i == 0 or dilation == 2 else 2
+            for b in range(num_blocks):
+                x = BottleneckBlock(out_ch, bott_ch, stride=first_stride if b == 0 else 1,
+                                    stride_in_1x1=self.stride_in_1x1, dilation=dilation, norm=self.norm,
+                                    name=f"{stage}_{b}")(x)
+            if stage in self.out_features:
+                outputs[stage] = x
+            out_ch, bott_ch = out_ch * 2, bott_ch * 2
+        return outputs

@@ -1,0 +1,95 @@
+"""Small layers shared by the models: detectron2-style Conv2d with an optional norm, FrozenBatchNorm.
+
+Parameter names follow the PyTorch modules so that checkpoints convert by renaming alone:
+a conv's weight is `kernel` (HWIO), its norm lives in a child called `norm` whose four buffers
+(`weight`, `bias`, `running_mean`, `running_var`) sit in the `batch_stats` collection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class FrozenBatchNorm(nn.Module):
+    """BatchNorm with fixed statistics and affine: y = (x - mean) / sqrt(var + eps) * weight + bias."""
+
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        weight = self.variable("batch_stats", "weight", jnp.ones, (c,), jnp.float32).value
+        bias = self.variable("batch_stats", "bias", jnp.zeros, (c,), jnp.float32).value
+        mean = self.variable("batch_stats", "running_mean", jnp.zeros, (c,), jnp.float32).value
+        var = self.variable("batch_stats", "running_var", lambda s, d: jnp.full(s, 1.0 - self.eps, d),
+                            (c,), jnp.float32).value
+        scale = weight * jax.lax.rsqrt(var + self.eps)
+        return x * scale.astype(x.dtype) + (bias - mean * scale).astype(x.dtype)
+
+
+def get_norm(norm: str) -> nn.Module | None:
+    """detectron2's NORM strings. Only those the ported models use are known."""
+    if norm in ("", None):
+        return None
+    if norm == "FrozenBN":
+        return FrozenBatchNorm(name="norm")
+    raise ValueError(f"unsupported NORM {norm!r}; known: '', 'FrozenBN'")
+
+
+class Conv2d(nn.Module):
+    """nn.Conv with PyTorch-style symmetric padding, an optional norm (child `norm`) and activation."""
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    dilation: int = 1
+    use_bias: bool = True
+    norm: str = ""
+    activation: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = _conv(self, x)
+        norm = get_norm(self.norm)
+        if norm is not None:
+            x = norm(x)
+        return nn.relu(x) if self.activation else x
+
+
+def _conv(m: Conv2d, x: jax.Array) -> jax.Array:
+    """The convolution itself, with `kernel`/`bias` directly on the Conv2d module (no extra scope)."""
+    k, p, s, d = m.kernel_size, m.padding, m.stride, m.dilation
+    kernel = m.param("kernel", nn.initializers.kaiming_normal(), (k, k, x.shape[-1], m.features), jnp.float32)
+    y = jax.lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), window_strides=(s, s), padding=((p, p), (p, p)), rhs_dilation=(d, d),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST)
+    if m.use_bias:
+        y = y + m.param("bias", nn.initializers.zeros, (m.features,), jnp.float32).astype(x.dtype)
+    return y
+
+
+def max_pool(x: jax.Array, kernel: int, stride: int, padding: int = 0) -> jax.Array:
+    """Max pooling with PyTorch semantics: symmetric padding with -inf, floor output size. x: (N, H, W, C)."""
+    p = padding
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, kernel, kernel, 1), (1, stride, stride, 1),
+                                 ((0, 0), (p, p), (p, p), (0, 0)))
+
+
+def upsample_nearest2x(x: jax.Array) -> jax.Array:
+    """F.interpolate(scale_factor=2, mode="nearest") on NHWC."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def dense(features: int, name: str) -> nn.Dense:
+    """Linear layer with float32-exact matmuls (PyTorch nn.Linear, weight transposed to `kernel`)."""
+    return nn.Dense(features, precision=jax.lax.Precision.HIGHEST, name=name)
+
+
+def conv_names(prefix: str, n: int) -> Sequence[str]:
+    """['prefix1', ..., 'prefixN'] as detectron2 names its repeated convs."""
+    return [f"{prefix}{i + 1}" for i in range(n)]

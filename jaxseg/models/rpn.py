@@ -1,0 +1,143 @@
+"""Region Proposal Network: StandardRPNHead and detectron2's test-time proposal selection.
+
+Per image and per level: top-k raw objectness logits, decode, clip to the image, drop empty boxes,
+NMS (IoU 0.7) within the level; then the best POST_NMS_TOPK over all levels. Static shapes
+throughout: every selection returns fixed-size arrays with a `valid` mask.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxseg.kernels import nms
+from jaxseg.models import box_coder
+from jaxseg.models.anchors import multilevel_anchors, num_cell_anchors
+from jaxseg.models.layers import Conv2d
+
+
+class StandardRPNHead(nn.Module):
+    """3x3 conv + ReLU shared by all levels, then 1x1 convs to A logits and 4A deltas."""
+
+    num_anchors: int
+    box_dim: int = 4
+    conv_dims: tuple[int, ...] = (-1,)
+
+    @nn.compact
+    def __call__(self, features: Sequence[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
+        """features: per level (N, H, W, C) -> logits (N, H*W*A) and deltas (N, H*W*A, 4) per level."""
+        in_ch = features[0].shape[-1]
+        if len(self.conv_dims) != 1:
+            raise ValueError("RPN.CONV_DIMS with more than one conv is not supported yet")
+        dim = in_ch if self.conv_dims[0] == -1 else self.conv_dims[0]
+        conv = Conv2d(dim, 3, padding=1, activation=True, name="conv")
+        cls = Conv2d(self.num_anchors, 1, name="objectness_logits")
+        reg = Conv2d(self.num_anchors * self.box_dim, 1, name="anchor_deltas")
+        logits, deltas = [], []
+        for x in features:
+            t = conv(x)
+            n = x.shape[0]
+            logits.append(cls(t).reshape(n, -1))                  # (N, H*W*A), order (H, W, A)
+            deltas.append(reg(t).reshape(n, -1, self.box_dim))    # channel a*4 + coord
+        return logits, deltas
+
+
+def find_top_rpn_proposals(
+    anchors: Sequence[np.ndarray],
+    logits: Sequence[jax.Array],
+    deltas: Sequence[jax.Array],
+    image_hw: jax.Array,
+    *,
+    pre_nms_topk: int,
+    post_nms_topk: int,
+    nms_thresh: float,
+    min_box_size: float = 0.0,
+    box_reg_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+) -> dict[str, jax.Array]:
+    """Proposals of ONE image. logits[l]: (L_l,), deltas[l]: (L_l, 4), anchors[l]: (L_l, 4) numpy.
+
+    Returns boxes (P, 4), logits (P,), levels (P,) int32, valid (P,) with P = min(post_nms_topk, total),
+    sorted by logit descending (invalid rows last).
+    """
+    all_boxes, all_scores, all_levels = [], [], []
+    for lvl, (anc, lg, dl) in enumerate(zip(anchors, logits, deltas)):
+        k = min(lg.shape[0], pre_nms_topk)
+        scores, idx = jax.lax.top_k(lg, k)
+        boxes = box_coder.apply_deltas(dl[idx], jnp.asarray(anc)[idx], box_reg_weights)
+        valid = jnp.all(jnp.isfinite(boxes), axis=-1) & jnp.isfinite(scores)
+        boxes = box_coder.clip_boxes(boxes, image_hw)
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        valid &= (w > min_box_size) & (h > min_box_size)
+        keep, keep_valid = nms(boxes, scores, nms_thresh, valid=valid, max_output=min(k, post_nms_topk))
+        all_boxes.append(boxes[keep])
+        all_scores.append(jnp.where(keep_valid, scores[keep], -jnp.inf))
+        all_levels.append(jnp.full(keep.shape, lvl, jnp.int32))
+    boxes = jnp.concatenate(all_boxes)
+    scores = jnp.concatenate(all_scores)
+    levels = jnp.concatenate(all_levels)
+    top_scores, top = jax.lax.top_k(scores, min(post_nms_topk, scores.shape[0]))
+    valid = top_scores > -jnp.inf
+    return {"boxes": boxes[top], "logits": top_scores, "levels": levels[top], "valid": valid}
+
+
+class RPN(nn.Module):
+    """The proposal generator: head + anchors + test-time selection, batched over images."""
+
+    in_features: tuple[str, ...]
+    strides: tuple[int, ...]
+    anchor_sizes: tuple[tuple[float, ...], ...]
+    aspect_ratios: tuple[tuple[float, ...], ...]
+    anchor_offset: float = 0.0
+    pre_nms_topk: int = 1000
+    post_nms_topk: int = 1000
+    nms_thresh: float = 0.7
+    min_box_size: float = 0.0
+    box_reg_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+
+    def setup(self):
+        num_anchors = _num_anchors(self.anchor_sizes, self.aspect_ratios, len(self.in_features))
+        self.rpn_head = StandardRPNHead(num_anchors)
+
+    def head_outputs(self, features: dict[str, jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
+        """Raw objectness logits (N, H*W*A) and deltas (N, H*W*A, 4) per level."""
+        return self.rpn_head([features[f] for f in self.in_features])
+
+    def __call__(self, features: dict[str, jax.Array], image_hw: jax.Array) -> dict[str, jax.Array]:
+        """features {name: (N, H, W, C)}, image_hw (N, 2) -> proposals, each (N, P, ...)."""
+        logits, deltas = self.head_outputs(features)
+        hws = [features[f].shape[1:3] for f in self.in_features]
+        anchors = multilevel_anchors_for(self, hws)
+        select = functools.partial(
+            find_top_rpn_proposals, anchors, pre_nms_topk=self.pre_nms_topk, post_nms_topk=self.post_nms_topk,
+            nms_thresh=self.nms_thresh, min_box_size=self.min_box_size, box_reg_weights=self.box_reg_weights)
+        return jax.vmap(select)(logits, deltas, image_hw)
+
+
+def multilevel_anchors_for(rpn: RPN, feature_hws: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    return multilevel_anchors(rpn.anchor_sizes, rpn.aspect_ratios, rpn.strides, feature_hws, rpn.anchor_offset)
+
+
+def _num_anchors(sizes, aspect_ratios, num_levels: int) -> int:
+    sizes = list(sizes) * num_levels if len(sizes) == 1 else sizes
+    aspect_ratios = list(aspect_ratios) * num_levels if len(aspect_ratios) == 1 else aspect_ratios
+    return num_cell_anchors(sizes, aspect_ratios)
+
+
+def build_rpn(cfg, strides: Sequence[int]) -> RPN:
+    """Config values -> RPN (test-time settings)."""
+    r, a = cfg.MODEL.RPN, cfg.MODEL.ANCHOR_GENERATOR
+    if r.HEAD_NAME != "StandardRPNHead":
+        raise ValueError(f"MODEL.RPN.HEAD_NAME {r.HEAD_NAME!r} is not supported (StandardRPNHead)")
+    if a.NAME != "DefaultAnchorGenerator":
+        raise ValueError(f"MODEL.ANCHOR_GENERATOR.NAME {a.NAME!r} is not supported (DefaultAnchorGenerator)")
+    return RPN(
+        in_features=tuple(r.IN_FEATURES), strides=tuple(strides),
+        anchor_sizes=tuple(tuple(s) for s in a.SIZES), aspect_ratios=tuple(tuple(x) for x in a.ASPECT_RATIOS),
+        anchor_offset=a.OFFSET, pre_nms_topk=r.PRE_NMS_TOPK_TEST, post_nms_topk=r.POST_NMS_TOPK_TEST,
+        nms_thresh=r.NMS_THRESH, min_box_size=cfg.MODEL.PROPOSAL_GENERATOR.MIN_SIZE,
+        box_reg_weights=tuple(r.BBOX_REG_WEIGHTS), name="proposal_generator")

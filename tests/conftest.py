@@ -1,0 +1,28 @@
+"""Shared fixtures. Eight fake CPU devices for the sharding tests (must be set before jax is imported)."""
+
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAXSEG_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".cache", "xla"))
+
+import pytest  # noqa: E402
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+@pytest.fixture(scope="session")
+def d2_maskrcnn_weights(tmp_path_factory) -> str:
+    """detectron2 model-zoo style .pkl of the seeded random weights the reference was made with (seed 1)."""
+    import json
+    import pickle
+
+    sys.path.insert(0, os.path.join(DATA, "d2_maskrcnn"))
+    import make_weights
+
+    with open(os.path.join(DATA, "d2_maskrcnn", "keys.json")) as f:
+        keys = json.load(f)
+    path = tmp_path_factory.mktemp("d2w") / "model_final_random.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(make_weights.make_weights(keys, seed=1), f, protocol=4)
+    return str(path)
