@@ -17,8 +17,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("input", help="checkpoint file: detectron2 .pkl or PyTorch .pth")
     p.add_argument("output", help="new directory for the converted checkpoint")
     p.add_argument("--config", "--config-file", dest="config", required=True, help="model config YAML")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    return p.parse_args(argv)
+    p.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides")
+    return p.parse_intermixed_args(argv)
 
 
 @run_cli
