@@ -54,6 +54,16 @@ class GeneralizedRCNN(nn.Module):
         return jax.vmap(post)(det, image_hw, output_hw)
 
 
+    def losses(self, key: jax.Array, images: jax.Array, image_hw: jax.Array,
+               targets: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Training losses of a batch. targets: gt_boxes (N, G, 4), gt_classes (N, G), gt_valid (N, G),
+        gt_masks (N, G, S, S) box-aligned."""
+        k_rpn, k_roi = jax.random.split(key)
+        features = self.extract_features(images, image_hw)
+        rpn_losses, proposals = self.proposal_generator.losses(k_rpn, features, image_hw, targets)
+        return {**rpn_losses, **self.roi_heads.losses(k_roi, features, proposals, targets)}
+
+
 def build_mask_rcnn(cfg) -> GeneralizedRCNN:
     """Config values -> GeneralizedRCNN (read once here; the modules only see plain values)."""
     if cfg.MODEL.BACKBONE.NAME != "build_resnet_fpn_backbone":

@@ -9,9 +9,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxseg.kernels import roi_align
+from jaxseg.models import box_coder
 from jaxseg.models.box_head import FastRCNNConvFCHead, FastRCNNOutputLayers, fast_rcnn_inference
+from jaxseg.models.losses import sigmoid_bce, smooth_l1, softmax_ce
 from jaxseg.models.mask_head import MaskRCNNConvUpsampleHead, mask_probs_for_classes
+from jaxseg.models.matcher import match, pairwise_iou
 from jaxseg.models.poolers import ROIPooler
+from jaxseg.models.sampling import subsample_labels
 
 
 class StandardROIHeads(nn.Module):
@@ -28,6 +33,13 @@ class StandardROIHeads(nn.Module):
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_image: int = 100
+    # training
+    num_classes: int = 80
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    iou_thresholds: tuple[float, ...] = (0.5,)
+    iou_labels: tuple[int, ...] = (0, 1)
+    smooth_l1_beta: float = 0.0
 
     def box_outputs(self, features: dict[str, jax.Array], boxes: jax.Array) -> tuple[jax.Array, jax.Array]:
         """features {name: (N, H, W, C)}, boxes (N, R, 4) -> class logits (N, R, K+1), deltas (N, R, K*4)."""
@@ -54,6 +66,46 @@ class StandardROIHeads(nn.Module):
         if self.mask_head is not None:
             det["mask_probs"] = self.mask_outputs(features, det["boxes"], det["classes"])
         return det
+
+
+    def losses(self, key: jax.Array, features: dict[str, jax.Array], proposals: dict[str, jax.Array],
+               targets: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Box classification / regression and mask losses of a batch, with detectron2's normalisation."""
+        n = proposals["boxes"].shape[0]
+        sample = functools.partial(
+            label_and_sample_proposals, num_classes=self.num_classes, batch_size_per_image=self.batch_size_per_image,
+            positive_fraction=self.positive_fraction, iou_thresholds=self.iou_thresholds, iou_labels=self.iou_labels)
+        s = jax.vmap(sample)(jax.random.split(key, n), proposals["boxes"], proposals["valid"], targets["gt_boxes"],
+                             targets["gt_classes"], targets["gt_valid"])
+        logits, deltas = self.box_outputs(features, s["boxes"])
+        num_sampled = jnp.maximum(s["valid"].sum(), 1)
+        loss_cls = jnp.sum(jnp.where(s["valid"], softmax_ce(logits, s["classes"]), 0.0)) / num_sampled
+        deltas = deltas.reshape(*deltas.shape[:2], -1, 4)  # (N, S, K or 1, 4)
+        cls = jnp.where(s["is_fg"], s["classes"], 0) if deltas.shape[2] > 1 else jnp.zeros_like(s["classes"])
+        deltas = jnp.take_along_axis(deltas, cls[..., None, None], axis=2)[:, :, 0]
+        gt = jnp.take_along_axis(targets["gt_boxes"], s["matches"][..., None], axis=1)
+        target = jnp.where(s["is_fg"][..., None], box_coder.get_deltas(s["boxes"], gt, self.box_reg_weights), 0.0)
+        reg = jnp.where(s["is_fg"][..., None], smooth_l1(deltas - target, self.smooth_l1_beta), 0.0)
+        out = {"loss_cls": loss_cls, "loss_box_reg": reg.sum() / num_sampled}
+        if self.mask_head is not None:
+            out["loss_mask"] = self._mask_loss(features, s, targets)
+        return out
+
+    def _mask_loss(self, features, s, targets) -> jax.Array:
+        """BCE over the foreground RoIs (the first batch_size * positive_fraction sampled rows hold them all)."""
+        nf = int(self.batch_size_per_image * self.positive_fraction)
+        boxes, fg = s["boxes"][:, :nf], s["is_fg"][:, :nf]
+        boxes = jnp.where(fg[..., None], boxes, jnp.array([0.0, 0.0, 1.0, 1.0]))
+        classes = jnp.where(fg, s["classes"][:, :nf], 0)
+        pooled = self.mask_pooler([features[f] for f in self.in_features], *_flatten_boxes(boxes))
+        logits = self.mask_head(pooled)  # (N*F, M, M, K)
+        if logits.shape[-1] > 1:
+            logits = jnp.take_along_axis(logits, classes.reshape(-1)[:, None, None, None], axis=-1)
+        logits = logits[..., 0].reshape(*boxes.shape[:2], *logits.shape[1:3])
+        target = mask_targets(targets["gt_masks"], targets["gt_boxes"], boxes, s["matches"][:, :nf],
+                              logits.shape[-1])
+        bce = jnp.where(fg[..., None, None], sigmoid_bce(logits, target), 0.0)
+        return bce.sum() / jnp.maximum(fg.sum() * logits.shape[-1] * logits.shape[-2], 1)
 
 
 def _flatten_boxes(boxes: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -85,4 +137,50 @@ def build_standard_roi_heads(cfg, strides: Sequence[int]) -> StandardROIHeads:
         in_features=tuple(rh.IN_FEATURES), strides=strides, box_head=box_head, box_predictor=predictor,
         box_pooler=box_pooler, mask_head=mask_head, mask_pooler=mask_pooler,
         box_reg_weights=tuple(bh.BBOX_REG_WEIGHTS), score_thresh=rh.SCORE_THRESH_TEST,
-        nms_thresh=rh.NMS_THRESH_TEST, detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE, name="roi_heads")
+        nms_thresh=rh.NMS_THRESH_TEST, detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+        num_classes=rh.NUM_CLASSES, batch_size_per_image=rh.BATCH_SIZE_PER_IMAGE,
+        positive_fraction=rh.POSITIVE_FRACTION, iou_thresholds=tuple(rh.IOU_THRESHOLDS),
+        iou_labels=tuple(rh.IOU_LABELS), smooth_l1_beta=bh.SMOOTH_L1_BETA, name="roi_heads")
+
+
+def label_and_sample_proposals(
+    key: jax.Array,
+    proposals: jax.Array,
+    proposal_valid: jax.Array,
+    gt_boxes: jax.Array,
+    gt_classes: jax.Array,
+    gt_valid: jax.Array,
+    *,
+    num_classes: int,
+    batch_size_per_image: int,
+    positive_fraction: float,
+    iou_thresholds: Sequence[float],
+    iou_labels: Sequence[int],
+    append_gt: bool = True,
+) -> dict[str, jax.Array]:
+    """ONE image: GT boxes appended to the proposals, matched by IoU, then a fixed-size random sample
+    (foreground first). Background rows get class num_classes."""
+    if append_gt:
+        proposals = jnp.concatenate([proposals, gt_boxes])
+        proposal_valid = jnp.concatenate([proposal_valid, gt_valid])
+    matches, labels = match(pairwise_iou(gt_boxes, proposals), gt_valid, iou_thresholds, iou_labels, False)
+    positive, negative = proposal_valid & (labels == 1), proposal_valid & (labels == 0)
+    idx, is_fg, valid = subsample_labels(key, positive, negative, batch_size_per_image, positive_fraction)
+    return {"boxes": proposals[idx], "classes": jnp.where(is_fg, gt_classes[matches[idx]], num_classes),
+            "matches": matches[idx], "is_fg": is_fg, "valid": valid}
+
+
+def mask_targets(gt_masks: jax.Array, gt_boxes: jax.Array, boxes: jax.Array, matches: jax.Array,
+                 resolution: int) -> jax.Array:
+    """Cut each RoI's target from its GT mask, stored box-aligned: gt_masks (N, G, S, S), gt_boxes (N, G, 4),
+    boxes (N, F, 4), matches (N, F) -> (N, F, R, R) float 0/1, as ROIAlign(aligned=True) of the mask >= 0.5."""
+    n, g, s = gt_masks.shape[:3]
+    f = boxes.shape[1]
+    gt = jnp.take_along_axis(gt_boxes, matches[..., None], axis=1)  # (N, F, 4)
+    size = jnp.maximum(gt[..., 2:] - gt[..., :2], 1e-6)
+    scale = jnp.concatenate([s / size, s / size], axis=-1)
+    rel = (boxes - jnp.concatenate([gt[..., :2], gt[..., :2]], axis=-1)) * scale  # RoI in mask-pixel coords
+    batch_index = (jnp.arange(n, dtype=jnp.int32)[:, None] * g + matches).reshape(-1)
+    pooled = roi_align(gt_masks.reshape(n * g, s, s, 1).astype(jnp.float32), rel.reshape(-1, 4), batch_index,
+                       resolution, 1.0, 0, True)
+    return (pooled[..., 0] >= 0.5).astype(jnp.float32).reshape(n, f, resolution, resolution)

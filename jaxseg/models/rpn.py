@@ -19,6 +19,9 @@ from jaxseg.kernels import nms
 from jaxseg.models import box_coder
 from jaxseg.models.anchors import multilevel_anchors, num_cell_anchors
 from jaxseg.models.layers import Conv2d
+from jaxseg.models.losses import sigmoid_bce, smooth_l1
+from jaxseg.models.matcher import match, pairwise_iou
+from jaxseg.models.sampling import subsample_labels
 
 
 class StandardRPNHead(nn.Module):
@@ -98,6 +101,16 @@ class RPN(nn.Module):
     nms_thresh: float = 0.7
     min_box_size: float = 0.0
     box_reg_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+    # training
+    pre_nms_topk_train: int = 2000
+    post_nms_topk_train: int = 1000
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    iou_thresholds: tuple[float, ...] = (0.3, 0.7)
+    iou_labels: tuple[int, ...] = (0, -1, 1)
+    smooth_l1_beta: float = 0.0
+    loss_weight: float = 1.0
+    bbox_reg_loss_weight: float = 1.0
 
     def setup(self):
         num_anchors = _num_anchors(self.anchor_sizes, self.aspect_ratios, len(self.in_features))
@@ -110,12 +123,31 @@ class RPN(nn.Module):
     def __call__(self, features: dict[str, jax.Array], image_hw: jax.Array) -> dict[str, jax.Array]:
         """features {name: (N, H, W, C)}, image_hw (N, 2) -> proposals, each (N, P, ...)."""
         logits, deltas = self.head_outputs(features)
-        hws = [features[f].shape[1:3] for f in self.in_features]
-        anchors = multilevel_anchors_for(self, hws)
+        return self._proposals(features, logits, deltas, image_hw, self.pre_nms_topk, self.post_nms_topk)
+
+    def _proposals(self, features, logits, deltas, image_hw, pre_nms_topk: int, post_nms_topk: int):
+        anchors = multilevel_anchors_for(self, [features[f].shape[1:3] for f in self.in_features])
         select = functools.partial(
-            find_top_rpn_proposals, anchors, pre_nms_topk=self.pre_nms_topk, post_nms_topk=self.post_nms_topk,
+            find_top_rpn_proposals, anchors, pre_nms_topk=pre_nms_topk, post_nms_topk=post_nms_topk,
             nms_thresh=self.nms_thresh, min_box_size=self.min_box_size, box_reg_weights=self.box_reg_weights)
         return jax.vmap(select)(logits, deltas, image_hw)
+
+    def losses(self, key: jax.Array, features: dict[str, jax.Array], image_hw: jax.Array,
+               targets: dict[str, jax.Array]) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        """Training: (losses, proposals). Proposals use the training top-k and carry no gradient."""
+        logits, deltas = self.head_outputs(features)
+        anchors = multilevel_anchors_for(self, [features[f].shape[1:3] for f in self.in_features])
+        losses = rpn_losses(
+            key, jnp.asarray(np.concatenate(anchors)), jnp.concatenate(logits, axis=1),
+            jnp.concatenate(deltas, axis=1), targets["gt_boxes"], targets["gt_valid"],
+            batch_size_per_image=self.batch_size_per_image, positive_fraction=self.positive_fraction,
+            iou_thresholds=self.iou_thresholds, iou_labels=self.iou_labels, box_reg_weights=self.box_reg_weights,
+            smooth_l1_beta=self.smooth_l1_beta)
+        losses = {"loss_rpn_cls": losses["loss_rpn_cls"] * self.loss_weight,
+                  "loss_rpn_loc": losses["loss_rpn_loc"] * self.bbox_reg_loss_weight}
+        proposals = self._proposals(features, jax.lax.stop_gradient(logits), jax.lax.stop_gradient(deltas),
+                                    image_hw, self.pre_nms_topk_train, self.post_nms_topk_train)
+        return losses, jax.lax.stop_gradient(proposals)
 
 
 def multilevel_anchors_for(rpn: RPN, feature_hws: Sequence[tuple[int, int]]) -> list[np.ndarray]:
@@ -140,4 +172,43 @@ def build_rpn(cfg, strides: Sequence[int]) -> RPN:
         anchor_sizes=tuple(tuple(s) for s in a.SIZES), aspect_ratios=tuple(tuple(x) for x in a.ASPECT_RATIOS),
         anchor_offset=a.OFFSET, pre_nms_topk=r.PRE_NMS_TOPK_TEST, post_nms_topk=r.POST_NMS_TOPK_TEST,
         nms_thresh=r.NMS_THRESH, min_box_size=cfg.MODEL.PROPOSAL_GENERATOR.MIN_SIZE,
-        box_reg_weights=tuple(r.BBOX_REG_WEIGHTS), name="proposal_generator")
+        box_reg_weights=tuple(r.BBOX_REG_WEIGHTS), pre_nms_topk_train=r.PRE_NMS_TOPK_TRAIN,
+        post_nms_topk_train=r.POST_NMS_TOPK_TRAIN, batch_size_per_image=r.BATCH_SIZE_PER_IMAGE,
+        positive_fraction=r.POSITIVE_FRACTION, iou_thresholds=tuple(r.IOU_THRESHOLDS),
+        iou_labels=tuple(r.IOU_LABELS), smooth_l1_beta=r.SMOOTH_L1_BETA, loss_weight=r.LOSS_WEIGHT,
+        bbox_reg_loss_weight=r.BBOX_REG_LOSS_WEIGHT, name="proposal_generator")
+
+
+def rpn_losses(
+    key: jax.Array,
+    anchors: jax.Array,
+    logits: jax.Array,
+    deltas: jax.Array,
+    gt_boxes: jax.Array,
+    gt_valid: jax.Array,
+    *,
+    batch_size_per_image: int,
+    positive_fraction: float,
+    iou_thresholds: Sequence[float],
+    iou_labels: Sequence[int],
+    box_reg_weights: Sequence[float],
+    smooth_l1_beta: float,
+) -> dict[str, jax.Array]:
+    """RPN objectness and box losses of a batch (detectron2 normalisation: sums / (batch_size_per_image * N)).
+
+    anchors (A, 4) all levels; logits (N, A); deltas (N, A, 4); gt_boxes (N, G, 4); gt_valid (N, G).
+    """
+    n = logits.shape[0]
+
+    def one_image(k, lg, dl, gt, gv):
+        matches, labels = match(pairwise_iou(gt, anchors), gv, iou_thresholds, iou_labels, True)
+        idx, is_pos, valid = subsample_labels(k, labels == 1, labels == 0, batch_size_per_image, positive_fraction)
+        obj = jnp.sum(jnp.where(valid, sigmoid_bce(lg[idx], is_pos), 0.0))
+        target = box_coder.get_deltas(anchors[idx], gt[matches[idx]], box_reg_weights)
+        target = jnp.where(is_pos[:, None], target, 0.0)  # no inf/NaN (e.g. from padding GT) in the graph
+        reg = jnp.sum(jnp.where(is_pos[:, None], smooth_l1(dl[idx] - target, smooth_l1_beta), 0.0))
+        return obj, reg
+
+    obj, reg = jax.vmap(one_image)(jax.random.split(key, n), logits, deltas, gt_boxes, gt_valid)
+    normalizer = batch_size_per_image * n
+    return {"loss_rpn_cls": obj.sum() / normalizer, "loss_rpn_loc": reg.sum() / normalizer}
