@@ -572,6 +572,15 @@ def _default_tree() -> dict[str, Any]:
     }
 
 
+def _add_jaxseg_keys(cfg: CfgNode) -> None:
+    """Keys jaxseg adds to detectron2's tree (detectron2 has no equivalent)."""
+    cfg.SOLVER.LOG_PERIOD = 20  # iterations between metrics.json / TensorBoard entries (1: every step)
+    cfg.MODEL.FSDP = False  # shard parameters and optimizer state over the `data` axis
+    cfg.MODEL.KERNELS = ""  # force a kernel implementation: "", "xla", "triton" or "ffi"
+    cfg.DATALOADER.MAX_GT_INSTANCES = 100  # instances per training image (more are dropped, with a warning)
+    cfg.INPUT.GT_MASK_RESOLUTION = 56  # side of the box-aligned GT mask crops fed to the device
+
+
 # -- public entry points ----------------------------------------------------------------------------
 
 _EXTENSIONS: list[Callable[[CfgNode], None]] = []
@@ -591,6 +600,7 @@ def add_config(fn: Callable[[CfgNode], None]) -> Callable[[CfgNode], None]:
 def get_cfg() -> CfgNode:
     """A fresh, mutable copy of the default config (detectron2's keys plus the registered families')."""
     cfg = CfgNode(_default_tree())
+    _add_jaxseg_keys(cfg)
     for extend in _EXTENSIONS:
         extend(cfg)
     return cfg

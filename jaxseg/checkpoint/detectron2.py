@@ -47,7 +47,7 @@ def d2_name_to_path(name: str) -> tuple[str, ...]:
 
 
 def path_to_d2_name(path: tuple[str, ...]) -> str:
-    """Inverse of d2_name_to_path."""
+    """Inverse of d2_name_to_path (also for learned norms, whose weight/bias sit in `params`)."""
     collection, *modules, leaf = path
     if collection == "params":
         leaf = {"kernel": "weight"}.get(leaf, leaf)
@@ -93,6 +93,8 @@ def convert_state_dict(
         if any(p.search(name) for p in IGNORED):
             continue
         path = d2_name_to_path(name)
+        if path not in want and path[0] == "batch_stats" and ("params", *path[1:]) in want:
+            path = ("params", *path[1:])  # a learned norm (GroupNorm): weight/bias are parameters
         if path not in want:
             unexpected.append(f"{name} {tuple(np.shape(value))}")
             continue

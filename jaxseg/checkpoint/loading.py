@@ -23,13 +23,17 @@ def abstract_variables(model) -> dict[str, Any]:
     return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images, hw, hw))
 
 
-def load_weights(cfg, path: str | None = None, model=None) -> dict[str, Any]:
-    """Variables for the model of `cfg` from `path` (default cfg.MODEL.WEIGHTS), strictly: every tensor used."""
+def load_weights(cfg, path: str | None = None, model=None, initial: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Variables for the model of `cfg` from `path` (default cfg.MODEL.WEIGHTS).
+
+    Strict (every model tensor must come from the file) unless `initial` variables are given: then tensors
+    the file lacks keep their initial values (training from ImageNet weights), with a warning.
+    """
     from jaxseg.models.registry import build_model
 
     path = cfg.MODEL.WEIGHTS if path is None else path
     model = build_model(cfg) if model is None else model
-    target = abstract_variables(model)
+    target = abstract_variables(model) if initial is None else initial
     if not path:
         raise UserError("MODEL.WEIGHTS is empty: give a .pkl/.pth checkpoint or a converted directory, "
                         "e.g. MODEL.WEIGHTS model_final_f10217.pkl")
@@ -37,10 +41,10 @@ def load_weights(cfg, path: str | None = None, model=None) -> dict[str, Any]:
         raise UserError(f"MODEL.WEIGHTS {path!r} is a URL; jaxseg does not download: fetch the file and give "
                         "its local path")
     if os.path.isdir(path):
-        return restore_variables(path, target)
+        return restore_variables(path, abstract_variables(model))
     ckpt = read_checkpoint(path)
     state_dict = ckpt["model"]
     if ckpt.get("matching_heuristics"):
         names = [path_to_d2_name(p) for p in flatten_dict(dict(target))]
         state_dict = align_to_model_keys(names, state_dict)
-    return convert_state_dict(state_dict, target, source=path)
+    return convert_state_dict(state_dict, target, source=path, allow_missing=initial is not None)

@@ -77,6 +77,11 @@ class Predictor:
     def __call__(self, image: np.ndarray) -> Instances:
         h, w = np.asarray(image).shape[:2]
         padded, resized_hw = self.preprocess(image)
+        return self.forward(padded, resized_hw, (h, w))
+
+    def forward(self, padded: np.ndarray, resized_hw: tuple[int, int], output_hw: tuple[int, int]) -> Instances:
+        """Run on an already resized and padded (1, Hp, Wp, 3) image; results at output_hw (the original size)."""
+        h, w = int(output_hw[0]), int(output_hw[1])
         canvas = (_round_up(h, CANVAS_DIVISIBILITY), _round_up(w, CANVAS_DIVISIBILITY))
         out = self._forward(self.variables, padded, np.array([resized_hw], np.int32), np.array([[h, w]], np.int32),
                             canvas_hw=canvas)

@@ -31,13 +31,36 @@ class FrozenBatchNorm(nn.Module):
         return x * scale.astype(x.dtype) + (bias - mean * scale).astype(x.dtype)
 
 
+class GroupNorm(nn.Module):
+    """nn.GroupNorm(32, C) with PyTorch's parameter names (`weight`, `bias`)."""
+
+    num_groups: int = 32
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        if c % self.num_groups:
+            raise ValueError(f"GroupNorm: {c} channels do not split into {self.num_groups} groups")
+        weight = self.param("weight", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        g = x.reshape(*x.shape[:-1], self.num_groups, c // self.num_groups).astype(jnp.float32)
+        axes = tuple(range(1, g.ndim - 2)) + (g.ndim - 1,)  # spatial and within-group channels
+        mean = g.mean(axis=axes, keepdims=True)
+        var = jnp.square(g - mean).mean(axis=axes, keepdims=True)
+        g = (g - mean) * jax.lax.rsqrt(var + self.eps)
+        return (g.reshape(x.shape) * weight + bias).astype(x.dtype)
+
+
 def get_norm(norm: str) -> nn.Module | None:
     """detectron2's NORM strings. Only those the ported models use are known."""
     if norm in ("", None):
         return None
     if norm == "FrozenBN":
         return FrozenBatchNorm(name="norm")
-    raise ValueError(f"unsupported NORM {norm!r}; known: '', 'FrozenBN'")
+    if norm == "GN":
+        return GroupNorm(name="norm")
+    raise ValueError(f"unsupported NORM {norm!r}; known: '', 'FrozenBN', 'GN'")
 
 
 class Conv2d(nn.Module):

@@ -11,7 +11,7 @@ import jax
 from jaxseg.models.layers import Conv2d, max_pool
 
 # blocks per stage res2..res5
-RESNET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+RESNET_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
 class BasicStem(nn.Module):
@@ -53,6 +53,26 @@ class BottleneckBlock(nn.Module):
         return nn.relu(y + shortcut)
 
 
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (ResNet-18/34), projection shortcut when the shape changes."""
+
+    out_channels: int
+    stride: int = 1
+    norm: str = "FrozenBN"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.shape[-1] != self.out_channels or self.stride != 1:
+            shortcut = Conv2d(self.out_channels, 1, stride=self.stride, use_bias=False, norm=self.norm,
+                              name="shortcut")(x)
+        else:
+            shortcut = x
+        y = Conv2d(self.out_channels, 3, stride=self.stride, padding=1, use_bias=False, norm=self.norm,
+                   activation=True, name="conv1")(x)
+        y = Conv2d(self.out_channels, 3, padding=1, use_bias=False, norm=self.norm, name="conv2")(y)
+        return nn.relu(y + shortcut)
+
+
 class ResNet(nn.Module):
     """Returns {"res2": stride 4, ..., "res5": stride 32} (only those in `out_features`)."""
 
@@ -70,6 +90,10 @@ class ResNet(nn.Module):
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:  # x: (N, H, W, 3)
         if self.num_groups != 1:
             raise ValueError("RESNETS.NUM_GROUPS != 1 (ResNeXt) is not supported yet")
+        if self.depth not in RESNET_DEPTHS:
+            raise ValueError(f"RESNETS.DEPTH {self.depth} is not one of {sorted(RESNET_DEPTHS)}")
+        if self.depth in (18, 34) and self.res2_out_channels != 64:
+            raise ValueError("RESNETS.RES2_OUT_CHANNELS must be 64 for ResNet-18/34")
         x = BasicStem(self.stem_out_channels, self.norm, name="stem")(x)
         outputs = {}
         out_ch, bott_ch = self.res2_out_channels, self.width_per_group * self.num_groups
@@ -78,9 +102,12 @@ class ResNet(nn.Module):
             dilation = self.res5_dilation if stage == "res5" else 1
             first_stride = 1 if i == 0 or dilation == 2 else 2
             for b in range(num_blocks):
-                x = BottleneckBlock(out_ch, bott_ch, stride=first_stride if b == 0 else 1,
-                                    stride_in_1x1=self.stride_in_1x1, dilation=dilation, norm=self.norm,
-                                    name=f"{stage}_{b}")(x)
+                stride = first_stride if b == 0 else 1
+                if self.depth in (18, 34):
+                    x = BasicBlock(out_ch, stride=stride, norm=self.norm, name=f"{stage}_{b}")(x)
+                else:
+                    x = BottleneckBlock(out_ch, bott_ch, stride=stride, stride_in_1x1=self.stride_in_1x1,
+                                        dilation=dilation, norm=self.norm, name=f"{stage}_{b}")(x)
             if stage in self.out_features:
                 outputs[stage] = x
             out_ch, bott_ch = out_ch * 2, bott_ch * 2
