@@ -12,15 +12,15 @@ import jax.numpy as jnp
 
 def subsample_labels(key: jax.Array, positive: jax.Array, negative: jax.Array, num_samples: int,
                      positive_fraction: float) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """positive, negative: (N,) bool, disjoint. Returns (index (S,), is_positive (S,), valid (S,)), S = num_samples.
+    """positive, negative: (N,) bool, disjoint. Returns (index (S,), is_positive (S,), valid (S,)),
+    S = min(num_samples, N).
 
     A uniformly random subset: positives and negatives are each ranked by a random key.
     """
     n = positive.shape[0]
-    num_samples = min(num_samples, n)
-    max_pos = int(num_samples * positive_fraction)
-    num_pos = jnp.minimum(positive.sum(), max_pos)
+    num_pos = jnp.minimum(positive.sum(), int(num_samples * positive_fraction))
     num_neg = jnp.minimum(negative.sum(), num_samples - num_pos)
+    num_samples = min(num_samples, n)  # static output size
     r = jax.random.uniform(key, (n,))
     chosen_pos = positive & (_rank_within(r, positive) < num_pos)
     chosen_neg = negative & (_rank_within(r, negative) < num_neg)

@@ -1,0 +1,113 @@
+"""Training-time pieces: matcher, sampling, schedule, optimizer groups, mask targets, losses."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxseg.config import setup_cfg
+from jaxseg.engine.optim import build_optimizer, frozen_stages, is_frozen, lr_schedule
+from jaxseg.errors import UserError
+from jaxseg.models.matcher import match, pairwise_iou
+from jaxseg.models.roi_heads import label_and_sample_proposals, mask_targets
+from jaxseg.models.sampling import subsample_labels
+
+
+def test_pairwise_iou_detectron2_vectors():
+    b1 = jnp.array([[0, 0, 1, 1], [0, 0, 1, 1]], jnp.float32)
+    b2 = jnp.array([[0, 0, 1, 1], [0, 0, 0.5, 1], [0, 0, 1, 0.5], [0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1],
+                    [0.5, 0.5, 1.5, 1.5]], jnp.float32)
+    want = [1, 0.5, 0.5, 0.25, 0.25, 0.25 / (2 - 0.25)]
+    np.testing.assert_allclose(pairwise_iou(b1, b2), [want, want], rtol=1e-6)
+
+
+def test_match_thresholds_and_low_quality():
+    q = jnp.array([[0.1, 0.5, 0.75, 0.2],
+                   [0.25, 0.2, 0.1, 0.0],    # best IoU 0.25 -> prediction 0 becomes positive (low quality)
+                   [0.9, 0.9, 0.9, 0.9]])    # padding row: ignored
+    valid = jnp.array([True, True, False])
+    m, lab = match(q, valid, [0.3, 0.7], [0, -1, 1], allow_low_quality_matches=True)
+    np.testing.assert_array_equal(m, [1, 0, 0, 0])
+    np.testing.assert_array_equal(lab, [1, -1, 1, 0])
+    _, lab = match(q, valid, [0.3, 0.7], [0, -1, 1], allow_low_quality_matches=False)
+    np.testing.assert_array_equal(lab, [0, -1, 1, 0])
+    _, lab = match(q, jnp.zeros(3, bool), [0.5], [0, 1], False)
+    np.testing.assert_array_equal(lab, [0, 0, 0, 0])
+
+
+@pytest.mark.parametrize("npos, nneg", [(3, 100), (100, 100), (0, 5), (100, 10)])
+def test_subsample_counts(npos, nneg):
+    n = 300
+    pos = jnp.arange(n) < npos
+    neg = (jnp.arange(n) >= 150) & (jnp.arange(n) < 150 + nneg)
+    idx, is_pos, valid = subsample_labels(jax.random.PRNGKey(0), pos, neg, 64, 0.25)
+    want_pos = min(npos, 16)
+    want_neg = min(nneg, 64 - want_pos)
+    assert int(is_pos.sum()) == want_pos and int(valid.sum()) == want_pos + want_neg
+    idx, is_pos, valid = map(np.asarray, (idx, is_pos, valid))
+    assert np.asarray(pos)[idx[is_pos]].all() and np.asarray(neg)[idx[valid & ~is_pos]].all()
+    assert len(set(idx[valid].tolist())) == valid.sum()
+    assert (is_pos[:want_pos]).all()  # positives first
+
+
+def test_label_and_sample_appends_gt_and_labels_background():
+    props = jnp.array([[0, 0, 10, 10], [50, 50, 60, 60], [0, 0, 9, 10]], jnp.float32)
+    gt = jnp.array([[0, 0, 10, 10], [0, 0, 0, 0]], jnp.float32)
+    s = label_and_sample_proposals(jax.random.PRNGKey(0), props, jnp.ones(3, bool), gt, jnp.array([4, 0]),
+                                   jnp.array([True, False]), num_classes=6, batch_size_per_image=8,
+                                   positive_fraction=0.5, iou_thresholds=(0.5,), iou_labels=(0, 1))
+    valid = np.asarray(s["valid"])
+    assert valid.sum() == 4  # 3 proposals + 1 valid GT box
+    cls = np.asarray(s["classes"])[valid]
+    assert sorted(cls.tolist()) == [4, 4, 4, 6]
+
+
+def test_mask_targets_box_aligned():
+    # GT mask covering the left half of its box; RoI = the GT box itself and its left half
+    s = 56
+    m = np.zeros((1, 1, s, s), np.uint8)
+    m[..., : s // 2] = 1
+    gt = jnp.array([[[10.0, 20.0, 50.0, 60.0]]])
+    rois = jnp.array([[[10.0, 20.0, 50.0, 60.0], [10.0, 20.0, 30.0, 60.0]]])
+    t = np.asarray(mask_targets(jnp.asarray(m), gt, rois, jnp.zeros((1, 2), jnp.int32), 28))
+    assert t[0, 0, :, :14].all() and not t[0, 0, :, 14:].any()
+    assert t[0, 1].all()
+
+
+def _cfg(*opts):
+    return setup_cfg(None, list(opts))
+
+
+def test_lr_schedule_warmup_and_steps():
+    cfg = _cfg("SOLVER.BASE_LR", "0.02", "SOLVER.WARMUP_ITERS", "100", "SOLVER.WARMUP_FACTOR", "0.001",
+               "SOLVER.STEPS", "(200, 300)", "SOLVER.MAX_ITER", "400")
+    lr = lr_schedule(cfg)
+    np.testing.assert_allclose(float(lr(0)), 0.02 * 0.001, rtol=1e-5)
+    np.testing.assert_allclose(float(lr(50)), 0.02 * (0.001 * 0.5 + 0.5), rtol=1e-5)
+    np.testing.assert_allclose([float(lr(s)) for s in (100, 199, 200, 299, 300)],
+                               [0.02, 0.02, 0.002, 0.002, 0.0002], rtol=1e-5)
+    with pytest.raises(UserError, match="MAX_ITER"):
+        lr_schedule(_cfg("SOLVER.STEPS", "(500,)", "SOLVER.MAX_ITER", "400"))
+
+
+def test_optimizer_weight_decay_groups_and_freeze():
+    cfg = _cfg("SOLVER.BASE_LR", "1.0", "SOLVER.MOMENTUM", "0.0", "SOLVER.WARMUP_ITERS", "0",
+               "SOLVER.WEIGHT_DECAY", "0.1", "SOLVER.WEIGHT_DECAY_NORM", "0.0", "MODEL.BACKBONE.FREEZE_AT", "2")
+    params = {"backbone": {"bottom_up": {"stem": {"conv1": {"kernel": jnp.ones(2)}},
+                                         "res2_0": {"conv1": {"kernel": jnp.ones(2)}},
+                                         "res3_0": {"conv1": {"kernel": jnp.ones(2),
+                                                              "norm": {"weight": jnp.ones(2)}}}}},
+              "roi_heads": {"fc": {"bias": jnp.ones(2)}}}
+    tx = build_optimizer(cfg, params)
+    grads = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    bu = new["backbone"]["bottom_up"]
+    np.testing.assert_allclose(bu["stem"]["conv1"]["kernel"], 1.0)       # frozen
+    np.testing.assert_allclose(bu["res2_0"]["conv1"]["kernel"], 1.0)     # frozen
+    np.testing.assert_allclose(bu["res3_0"]["conv1"]["kernel"], 0.9)     # decayed by lr * wd
+    np.testing.assert_allclose(bu["res3_0"]["conv1"]["norm"]["weight"], 1.0)  # WEIGHT_DECAY_NORM 0
+    np.testing.assert_allclose(new["roi_heads"]["fc"]["bias"], 0.9)     # bias: same as WEIGHT_DECAY
+    assert is_frozen(("backbone", "bottom_up", "res2_2", "conv3", "kernel"), frozen_stages(2))
+    assert not is_frozen(("backbone", "fpn_lateral2", "kernel"), frozen_stages(5))
