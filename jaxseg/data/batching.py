@@ -55,7 +55,6 @@ import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
 
-from jaxseg.config import add_config
 from jaxseg.data.image_io import read_image
 from jaxseg.data.transforms import (
     BILINEAR,
@@ -81,25 +80,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SIZE_DIVISIBILITY = 32
-DEFAULT_MAX_GT_INSTANCES = 100
-DEFAULT_GT_MASK_RESOLUTION = 56
 _BOX_EPS = 1e-5  # detectron2's threshold for an empty box (filter_empty_instances)
 _WARNED: set[str] = set()
-
-
-@add_config
-def add_batching_config(cfg) -> None:
-    """DATALOADER.MAX_GT_INSTANCES (G, default 100) and INPUT.GT_MASK_RESOLUTION (S, default 56)."""
-    if "MAX_GT_INSTANCES" not in cfg.DATALOADER:
-        cfg.DATALOADER.MAX_GT_INSTANCES = DEFAULT_MAX_GT_INSTANCES
-    if "GT_MASK_RESOLUTION" not in cfg.INPUT:
-        cfg.INPUT.GT_MASK_RESOLUTION = DEFAULT_GT_MASK_RESOLUTION
-
-
-def _cfg_value(cfg, group: str, key: str, default: Any) -> Any:
-    """``cfg.<group>.<key>``, or ``default`` for a config made before this module was imported."""
-    node = getattr(cfg, group)
-    return node[key] if key in node else default
 
 
 def _round_up(x: int, d: int = SIZE_DIVISIBILITY) -> int:
@@ -683,8 +665,8 @@ def build_train_loader(cfg, dataset_dicts: Sequence[dict], *, seed: int, process
     plan = BatchPlan(group, batch_size, int(seed), _sampler_factors(cfg, records))
     mapper = TrainMapper(
         records=records, image_format=cfg.INPUT.FORMAT, resize=resize, flip=flip,
-        max_instances=int(_cfg_value(cfg, "DATALOADER", "MAX_GT_INSTANCES", DEFAULT_MAX_GT_INSTANCES)),
-        mask_size=int(_cfg_value(cfg, "INPUT", "GT_MASK_RESOLUTION", DEFAULT_GT_MASK_RESOLUTION))
+        max_instances=int(cfg.DATALOADER.MAX_GT_INSTANCES),
+        mask_size=int(cfg.INPUT.GT_MASK_RESOLUTION)
         if cfg.MODEL.MASK_ON else None,
         seed=int(seed),
     )
