@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         check_out_path(args.out)
     metrics = evaluate_file(args.annotations, args.results, args.tasks, args.backend)
     if args.out:
-        from jaxseg.main import write_json_atomic
+        from jaxseg.fileio import write_json_atomic
 
         write_json_atomic(args.out, json_safe(metrics))
         print(f"wrote {args.out}")

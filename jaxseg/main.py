@@ -6,12 +6,8 @@ Flags and trailing KEY VALUE overrides follow detectron2's tools/train_net.py.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
-
-import numpy as np
 
 from jaxseg.cli_utils import run_cli
 from jaxseg.errors import UserError
@@ -44,8 +40,50 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--predict needs --output DIR")
         return predict(cfg, args.predict, args.output, args.confidence_threshold)
     if args.eval_only:
-        raise UserError("--eval-only is not available yet: COCO evaluation lands with the data/evaluation issue")
-    raise UserError("training is not available yet: it lands with the training issue; use --predict")
+        from jaxseg.checkpoint.loading import load_weights
+        from jaxseg.engine.inference import evaluate_all
+
+        evaluate_all(cfg, load_weights(cfg))
+        return 0
+    return train_and_evaluate(cfg, args)
+
+
+def train_and_evaluate(cfg, args: argparse.Namespace) -> int:
+    """Train on DATASETS.TRAIN, evaluate on DATASETS.TEST, draw predictions of a few test images."""
+    from jaxseg.engine.inference import evaluate_all
+    from jaxseg.engine.train import train
+
+    if not cfg.DATASETS.TRAIN:
+        raise UserError("DATASETS.TRAIN is empty: nothing to train on (use --eval-only or --predict)")
+    eval_fn = (lambda c, model, variables: evaluate_all(c, variables)) if cfg.DATASETS.TEST else None
+    variables: dict = {}
+    result = train(cfg, num_devices=args.num_devices, resume=args.resume, eval_fn=eval_fn, variables_out=variables)
+    if cfg.DATASETS.TEST:
+        draw_dataset_predictions(cfg, variables, cfg.DATASETS.TEST[0], os.path.join(cfg.OUTPUT_DIR, "predictions"),
+                                 args.confidence_threshold)
+    if "eval" in result:
+        print(f"final evaluation: {result['eval']}")
+    return 0
+
+
+def draw_dataset_predictions(cfg, variables, dataset_name: str, out_dir: str, confidence: float,
+                             num_images: int = 8) -> None:
+    """PNGs of the model's predictions on the first images of a dataset."""
+    from jaxseg.data.catalog import get_dataset_dicts, get_metadata
+    from jaxseg.data.image_io import read_image
+    from jaxseg.engine.predictor import Predictor
+    from jaxseg.visualize import draw_instances, save_png
+
+    predictor = Predictor(cfg, variables)
+    names = get_metadata(dataset_name).get("thing_classes")
+    for record in get_dataset_dicts(dataset_name)[:num_images]:
+        image = read_image(record["file_name"], format=cfg.INPUT.FORMAT)
+        inst = predictor(image)
+        keep = inst.scores >= confidence
+        rgb = image[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image
+        picture = draw_instances(rgb, inst.boxes[keep], inst.scores[keep], inst.classes[keep],
+                                 None if inst.masks is None else inst.masks[keep], names)
+        save_png(os.path.join(out_dir, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".png"), picture)
 
 
 def predict(cfg, paths: list[str], out_dir: str, confidence: float) -> int:
@@ -54,6 +92,8 @@ def predict(cfg, paths: list[str], out_dir: str, confidence: float) -> int:
 
     from jaxseg.data.image_io import read_image
     from jaxseg.engine.predictor import Predictor
+    from jaxseg.evaluation.coco import instances_to_coco_json
+    from jaxseg.fileio import write_json_atomic
     from jaxseg.visualize import draw_instances, save_png
 
     images = [read_image(p, format=cfg.INPUT.FORMAT) for p in paths]  # every input checked before any output
@@ -91,41 +131,6 @@ def image_ids(paths: list[str]) -> list[int]:
     if all(s.isdigit() for s in stems) and len(set(stems)) == len(stems):
         return [int(s) for s in stems]
     return list(range(len(paths)))
-
-
-def instances_to_coco_json(inst, image_id: int, file_name: str, to_dataset_id: dict[int, int]) -> list[dict]:
-    """COCO results format: bbox XYWH, segmentation as RLE with string counts."""
-    import pycocotools.mask as mask_util
-
-    boxes = np.asarray(inst.boxes, np.float64)
-    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1) if len(boxes) else boxes
-    rles = []
-    if inst.masks is not None and len(inst.masks):
-        rles = mask_util.encode(np.asfortranarray(np.asarray(inst.masks).transpose(1, 2, 0).astype(np.uint8)))
-    out = []
-    for i in range(len(boxes)):
-        rec = {"image_id": image_id, "file_name": file_name,
-               "category_id": int(to_dataset_id[int(inst.classes[i])]),
-               "bbox": [round(float(v), 3) for v in xywh[i]], "score": round(float(inst.scores[i]), 5)}
-        if rles:
-            rec["segmentation"] = {"size": list(rles[i]["size"]), "counts": rles[i]["counts"].decode("ascii")}
-        out.append(rec)
-    return out
-
-
-def write_json_atomic(path: str, obj) -> None:
-    """Write to a temp file in the same directory, then rename: never a half-written file."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def cli() -> None:

@@ -87,11 +87,11 @@ def make_train_step(cfg, model, tx, mesh, state: TrainState, base_key: jax.Array
 
         (total, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                            opt_state=opt_state)
-        finite = jnp.isfinite(total)
+        params = optax.apply_updates(state.params, updates)
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        finite = jnp.isfinite(total) & jnp.isfinite(optax.global_norm(params))
         new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)  # never apply a non-finite step
-        return new, {"total_loss": total, **losses, "lr": schedule(state.step)}
+        return new, {"total_loss": jnp.where(finite, total, jnp.nan), **losses, "lr": schedule(state.step)}
 
     s_state = state_sharding(cfg, mesh, state)
     return jax.jit(step, in_shardings=(s_state, shd.data_sharding(mesh)), out_shardings=(s_state, None),
@@ -146,16 +146,22 @@ def restore_latest(manager, state: TrainState) -> TrainState | None:
 
 
 def train(cfg, *, num_devices: int = 0, resume: bool = False, eval_fn: Callable | None = None,
-          max_iter: int | None = None) -> dict:
-    """Train cfg's model on DATASETS.TRAIN. Returns the last logged scalars (and eval results if eval_fn)."""
+          max_iter: int | None = None, variables_out: dict | None = None) -> dict:
+    """Train cfg's model on DATASETS.TRAIN. Returns the last logged scalars (and eval results if eval_fn).
+
+    `max_iter` stops early (for tests; the schedule still follows SOLVER.MAX_ITER); `variables_out`, if
+    given, receives the final variables.
+    """
     import orbax.checkpoint as ocp
     from tqdm import tqdm
 
     from jaxseg.data.batching import build_train_loader
     from jaxseg.data.catalog import get_dataset_dicts
+    from jaxseg.engine.predictor import enable_compilation_cache
     from jaxseg.models.registry import build_model
 
     shd.maybe_initialize_distributed()
+    enable_compilation_cache()
     mesh = shd.build_mesh(num_devices)
     shd.check_batch_size(cfg.SOLVER.IMS_PER_BATCH, mesh)
     seed = cfg.SEED if cfg.SEED >= 0 else 0
@@ -206,6 +212,8 @@ def train(cfg, *, num_devices: int = 0, resume: bool = False, eval_fn: Callable 
         if hasattr(batches, "close"):
             batches.close()
     result = dict(last)
+    if variables_out is not None:
+        variables_out.update(jax.device_get(_variables(state)))
     if eval_fn is not None:
         results = eval_fn(cfg, model, _variables(state))
         writer.write(total - 1, _flat_eval(results))

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from jaxseg.errors import UserError
-from jaxseg.main import write_json_atomic
+from jaxseg.fileio import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -355,3 +355,23 @@ class COCOEvaluator:
         self.stats[task] = np.asarray(ev.stats[:12], dtype=np.float64)
         names = [self._categories[int(c)] for c in ev.params.catIds]
         return derive_metrics(self.stats[task], ev.eval["precision"], names)
+
+
+def instances_to_coco_json(inst, image_id: int, file_name: str, to_dataset_id: dict[int, int]) -> list[dict]:
+    """COCO results format: bbox XYWH, segmentation as RLE with string counts."""
+    import pycocotools.mask as mask_util
+
+    boxes = np.asarray(inst.boxes, np.float64)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1) if len(boxes) else boxes
+    rles = []
+    if inst.masks is not None and len(inst.masks):
+        rles = mask_util.encode(np.asfortranarray(np.asarray(inst.masks).transpose(1, 2, 0).astype(np.uint8)))
+    out = []
+    for i in range(len(boxes)):
+        rec = {"image_id": image_id, "file_name": file_name,
+               "category_id": int(to_dataset_id[int(inst.classes[i])]),
+               "bbox": [round(float(v), 3) for v in xywh[i]], "score": round(float(inst.scores[i]), 5)}
+        if rles:
+            rec["segmentation"] = {"size": list(rles[i]["size"]), "counts": rles[i]["counts"].decode("ascii")}
+        out.append(rec)
+    return out

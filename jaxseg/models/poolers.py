@@ -43,8 +43,10 @@ class ROIPooler:
                                        self.canonical_level)
         out = None
         for i, (feat, scale) in enumerate(zip(features, self.scales)):
-            pooled = self._align(feat, boxes, batch_index, scale)
-            out = pooled if out is None else jnp.where((level == i)[:, None, None, None], pooled, out)
+            here = level == i
+            # boxes of other levels become empty boxes, which cost the kernel no samples
+            pooled = self._align(feat, jnp.where(here[:, None], boxes, 0.0), batch_index, scale)
+            out = pooled if out is None else jnp.where(here[:, None, None, None], pooled, out)
         return out
 
     def _align(self, feat: jax.Array, boxes: jax.Array, batch_index: jax.Array, scale: float) -> jax.Array:

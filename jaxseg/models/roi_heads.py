@@ -173,7 +173,10 @@ def label_and_sample_proposals(
 def mask_targets(gt_masks: jax.Array, gt_boxes: jax.Array, boxes: jax.Array, matches: jax.Array,
                  resolution: int) -> jax.Array:
     """Cut each RoI's target from its GT mask, stored box-aligned: gt_masks (N, G, S, S), gt_boxes (N, G, 4),
-    boxes (N, F, 4), matches (N, F) -> (N, F, R, R) float 0/1, as ROIAlign(aligned=True) of the mask >= 0.5."""
+    boxes (N, F, 4), matches (N, F) -> (N, F, R, R) float 0/1: ROIAlign(aligned=True) of the mask, >= 0.5.
+
+    detectron2 samples bitmasks adaptively; a fixed 2x2 grid per bin is used here (the crops are already
+    resampled to S x S, and a static grid keeps this cheap in the training step)."""
     n, g, s = gt_masks.shape[:3]
     f = boxes.shape[1]
     gt = jnp.take_along_axis(gt_boxes, matches[..., None], axis=1)  # (N, F, 4)
@@ -182,5 +185,5 @@ def mask_targets(gt_masks: jax.Array, gt_boxes: jax.Array, boxes: jax.Array, mat
     rel = (boxes - jnp.concatenate([gt[..., :2], gt[..., :2]], axis=-1)) * scale  # RoI in mask-pixel coords
     batch_index = (jnp.arange(n, dtype=jnp.int32)[:, None] * g + matches).reshape(-1)
     pooled = roi_align(gt_masks.reshape(n * g, s, s, 1).astype(jnp.float32), rel.reshape(-1, 4), batch_index,
-                       resolution, 1.0, 0, True)
+                       resolution, 1.0, 2, True)
     return (pooled[..., 0] >= 0.5).astype(jnp.float32).reshape(n, f, resolution, resolution)
