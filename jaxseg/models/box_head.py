@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from jaxseg.kernels import nms
 from jaxseg.models import box_coder
-from jaxseg.models.layers import Conv2d, dense
+from jaxseg.models.layers import Conv2d, c2_msra_fill, dense, normal_init
 
 
 class FastRCNNConvFCHead(nn.Module):
@@ -26,7 +26,7 @@ class FastRCNNConvFCHead(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:  # (R, S, S, C) -> (R, fc_dim)
         for i in range(self.num_conv):
             x = Conv2d(self.conv_dim, 3, padding=1, use_bias=not self.norm, norm=self.norm, activation=True,
-                       name=f"conv{i + 1}")(x)
+                       kernel_init=c2_msra_fill, name=f"conv{i + 1}")(x)
         x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)  # C-major flatten, as torch.flatten on NCHW
         for i in range(self.num_fc):
             x = nn.relu(dense(self.fc_dim, name=f"fc{i + 1}")(x))
@@ -41,9 +41,9 @@ class FastRCNNOutputLayers(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        scores = dense(self.num_classes + 1, name="cls_score")(x)
+        scores = dense(self.num_classes + 1, name="cls_score", kernel_init=normal_init(0.01))(x)
         num_reg = 1 if self.cls_agnostic_bbox_reg else self.num_classes
-        deltas = dense(num_reg * 4, name="bbox_pred")(x)
+        deltas = dense(num_reg * 4, name="bbox_pred", kernel_init=normal_init(0.001))(x)
         return scores, deltas
 
 

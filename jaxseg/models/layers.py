@@ -7,7 +7,7 @@ a conv's weight is `kernel` (HWIO), its norm lives in a child called `norm` whos
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -63,6 +63,15 @@ def get_norm(norm: str) -> nn.Module | None:
     raise ValueError(f"unsupported NORM {norm!r}; known: '', 'FrozenBN', 'GN'")
 
 
+# detectron2's initialisations (weight_init.c2_msra_fill / c2_xavier_fill; N(0, std) for predictors)
+c2_msra_fill = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+c2_xavier_fill = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
+
+
+def normal_init(std: float) -> Callable:
+    return nn.initializers.normal(stddev=std)
+
+
 class Conv2d(nn.Module):
     """nn.Conv with PyTorch-style symmetric padding, an optional norm (child `norm`) and activation."""
 
@@ -74,6 +83,7 @@ class Conv2d(nn.Module):
     use_bias: bool = True
     norm: str = ""
     activation: bool = False
+    kernel_init: Callable = c2_msra_fill
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -87,7 +97,7 @@ class Conv2d(nn.Module):
 def _conv(m: Conv2d, x: jax.Array) -> jax.Array:
     """The convolution itself, with `kernel`/`bias` directly on the Conv2d module (no extra scope)."""
     k, p, s, d = m.kernel_size, m.padding, m.stride, m.dilation
-    kernel = m.param("kernel", nn.initializers.kaiming_normal(), (k, k, x.shape[-1], m.features), jnp.float32)
+    kernel = m.param("kernel", m.kernel_init, (k, k, x.shape[-1], m.features), jnp.float32)
     y = jax.lax.conv_general_dilated(
         x, kernel.astype(x.dtype), window_strides=(s, s), padding=((p, p), (p, p)), rhs_dilation=(d, d),
         dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST)
@@ -108,9 +118,9 @@ def upsample_nearest2x(x: jax.Array) -> jax.Array:
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
-def dense(features: int, name: str) -> nn.Dense:
+def dense(features: int, name: str, kernel_init: Callable = c2_xavier_fill) -> nn.Dense:
     """Linear layer with float32-exact matmuls (PyTorch nn.Linear, weight transposed to `kernel`)."""
-    return nn.Dense(features, precision=jax.lax.Precision.HIGHEST, name=name)
+    return nn.Dense(features, precision=jax.lax.Precision.HIGHEST, kernel_init=kernel_init, name=name)
 
 
 def conv_names(prefix: str, n: int) -> Sequence[str]:

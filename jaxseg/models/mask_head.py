@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxseg.models.layers import Conv2d
+from jaxseg.models.layers import Conv2d, c2_msra_fill, normal_init
 
 
 class MaskRCNNConvUpsampleHead(nn.Module):
@@ -24,10 +24,10 @@ class MaskRCNNConvUpsampleHead(nn.Module):
         # ConvTranspose2d(k=2, s=2): with transpose_kernel=True the kernel is PyTorch's (in, out, kh, kw)
         # weight transposed to (kh, kw, out, in), with no spatial flip.
         x = nn.ConvTranspose(self.conv_dim, (2, 2), strides=(2, 2), padding="VALID", transpose_kernel=True,
-                             precision=jax.lax.Precision.HIGHEST, name="deconv")(x)
+                             precision=jax.lax.Precision.HIGHEST, kernel_init=c2_msra_fill, name="deconv")(x)
         x = nn.relu(x)
         n = 1 if self.cls_agnostic_mask else self.num_classes
-        return Conv2d(n, 1, name="predictor")(x)
+        return Conv2d(n, 1, kernel_init=normal_init(0.001), name="predictor")(x)
 
 
 def mask_probs_for_classes(mask_logits: jax.Array, classes: jax.Array) -> jax.Array:

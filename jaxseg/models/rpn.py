@@ -18,7 +18,7 @@ import numpy as np
 from jaxseg.kernels import nms
 from jaxseg.models import box_coder
 from jaxseg.models.anchors import multilevel_anchors, num_cell_anchors
-from jaxseg.models.layers import Conv2d
+from jaxseg.models.layers import Conv2d, normal_init
 from jaxseg.models.losses import sigmoid_bce, smooth_l1
 from jaxseg.models.matcher import match, pairwise_iou
 from jaxseg.models.sampling import subsample_labels
@@ -38,9 +38,10 @@ class StandardRPNHead(nn.Module):
         if len(self.conv_dims) != 1:
             raise ValueError("RPN.CONV_DIMS with more than one conv is not supported yet")
         dim = in_ch if self.conv_dims[0] == -1 else self.conv_dims[0]
-        conv = Conv2d(dim, 3, padding=1, activation=True, name="conv")
-        cls = Conv2d(self.num_anchors, 1, name="objectness_logits")
-        reg = Conv2d(self.num_anchors * self.box_dim, 1, name="anchor_deltas")
+        init = normal_init(0.01)
+        conv = Conv2d(dim, 3, padding=1, activation=True, kernel_init=init, name="conv")
+        cls = Conv2d(self.num_anchors, 1, kernel_init=init, name="objectness_logits")
+        reg = Conv2d(self.num_anchors * self.box_dim, 1, kernel_init=init, name="anchor_deltas")
         logits, deltas = [], []
         for x in features:
             t = conv(x)

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 
 from jaxseg.models.backbones.resnet import ResNet
-from jaxseg.models.layers import Conv2d, upsample_nearest2x
+from jaxseg.models.layers import Conv2d, c2_xavier_fill, upsample_nearest2x
 
 
 class FPN(nn.Module):
@@ -31,7 +31,7 @@ class FPN(nn.Module):
         prev = None
         for lvl, name in zip(levels[::-1], self.in_features[::-1]):
             lateral = Conv2d(self.out_channels, 1, use_bias=self.norm == "", norm=self.norm,
-                             name=f"fpn_lateral{lvl}")(feats[name])
+                             kernel_init=c2_xavier_fill, name=f"fpn_lateral{lvl}")(feats[name])
             if prev is None:
                 prev = lateral
             else:
@@ -39,7 +39,7 @@ class FPN(nn.Module):
                 if self.fuse_type == "avg":
                     prev = prev / 2
             results[f"p{lvl}"] = Conv2d(self.out_channels, 3, padding=1, use_bias=self.norm == "", norm=self.norm,
-                                        name=f"fpn_output{lvl}")(prev)
+                                        kernel_init=c2_xavier_fill, name=f"fpn_output{lvl}")(prev)
         if self.top_block == "maxpool":
             last = f"p{levels[-1]}"
             results[f"p{levels[-1] + 1}"] = results[last][:, ::2, ::2, :]
