@@ -21,13 +21,28 @@ class MaskRCNNConvUpsampleHead(nn.Module):
         for i in range(self.num_conv):
             x = Conv2d(self.conv_dim, 3, padding=1, use_bias=not self.norm, norm=self.norm, activation=True,
                        name=f"mask_fcn{i + 1}")(x)
-        # ConvTranspose2d(k=2, s=2): with transpose_kernel=True the kernel is PyTorch's (in, out, kh, kw)
-        # weight transposed to (kh, kw, out, in), with no spatial flip.
-        x = nn.ConvTranspose(self.conv_dim, (2, 2), strides=(2, 2), padding="VALID", transpose_kernel=True,
-                             precision=jax.lax.Precision.HIGHEST, kernel_init=c2_msra_fill, name="deconv")(x)
-        x = nn.relu(x)
+        x = nn.relu(ConvTranspose2x2(self.conv_dim, name="deconv")(x))
         n = 1 if self.cls_agnostic_mask else self.num_classes
         return Conv2d(n, 1, kernel_init=normal_init(0.001), name="predictor")(x)
+
+
+class ConvTranspose2x2(nn.Module):
+    """ConvTranspose2d(kernel 2, stride 2, padding 0) as one matmul: each input pixel fills a 2x2 output block,
+    out[n, 2y+i, 2x+j, o] = b[o] + sum_c x[n, y, x, c] * kernel[i, j, o, c].
+
+    `kernel` (2, 2, out, in) is PyTorch's (in, out, kh, kw) weight transposed (2, 3, 1, 0), no spatial flip
+    (the layout of flax's ConvTranspose with transpose_kernel=True, which is much slower on CPU).
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # (N, H, W, C) -> (N, 2H, 2W, features)
+        n, h, w, c = x.shape
+        kernel = self.param("kernel", c2_msra_fill, (2, 2, self.features, c), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        y = jnp.einsum("nyxc,ijoc->nyixjo", x, kernel.astype(x.dtype), precision=jax.lax.Precision.HIGHEST)
+        return y.reshape(n, 2 * h, 2 * w, self.features) + bias.astype(x.dtype)
 
 
 def mask_probs_for_classes(mask_logits: jax.Array, classes: jax.Array) -> jax.Array:
