@@ -26,13 +26,14 @@ def inference_on_dataset(cfg, variables: dict[str, Any], dataset_name: str, outp
     """
     from jaxseg.data.batching import build_test_loader
 
+    dicts = get_dataset_dicts(dataset_name)  # loads the dataset (and fills its metadata) on first use
     meta = get_metadata(dataset_name)
     if meta.get("evaluator_type", "coco") != "coco" or "json_file" not in meta:
         raise UserError(f"dataset {dataset_name!r} has no COCO annotation json to evaluate against")
     predictor = predictor or Predictor(cfg, variables)
     to_dataset_id = contiguous_to_dataset_id(meta)
     evaluator = COCOEvaluator(meta["json_file"], output_dir=output_dir)
-    loader = build_test_loader(cfg, get_dataset_dicts(dataset_name), process_index=0, process_count=1)
+    loader = build_test_loader(cfg, dicts, process_index=0, process_count=1)
     with tqdm(total=len(loader), desc=f"inference on {dataset_name}", unit="img", dynamic_ncols=True) as bar:
         for item in loader:
             inst = predictor.forward(item["image"], tuple(item["image_hw"][0]), tuple(item["orig_hw"][0]))
