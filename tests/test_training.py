@@ -37,18 +37,21 @@ def tiny_cfg(dataset, out, *opts):
                                   "SOLVER.LOG_PERIOD", "1", "DATALOADER.NUM_WORKERS", "0", *opts])
 
 
-def losses(out_dir):
+def losses(out_dir, key="total_loss"):
     with open(os.path.join(out_dir, "metrics.json")) as f:
-        return {r["iteration"]: r["total_loss"] for r in map(json.loads, f) if "total_loss" in r}
+        return {r["iteration"]: r[key] for r in map(json.loads, f) if key in r}
 
 
 def test_loss_falls(tiny_shapes, tmp_path):
-    cfg = tiny_cfg(tiny_shapes, tmp_path, "SOLVER.MAX_ITER", "40", "SOLVER.WARMUP_ITERS", "5",
-                   "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", "1000")
+    cfg = tiny_cfg(tiny_shapes, tmp_path, "SOLVER.MAX_ITER", "40", "SOLVER.WARMUP_ITERS", "20",
+                   "SOLVER.BASE_LR", "0.01", "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", "1000")
     train(cfg)
-    loss = losses(tmp_path)
-    first, last = np.mean([loss[i] for i in range(5)]), np.mean([loss[i] for i in range(35, 40)])
-    assert last < 0.6 * first, (first, last)
+    # total loss: mean of the last 20 steps against the first 5 (box regression rises while the RPN learns,
+    # as in any detector's first steps); the objectness and classification losses fall by far more
+    for key, factor in (("total_loss", 0.8), ("loss_rpn_cls", 0.4), ("loss_cls", 0.7)):
+        loss = losses(tmp_path, key)
+        first, last = np.mean([loss[i] for i in range(5)]), np.mean([loss[i] for i in range(20, 40)])
+        assert last < factor * first, (key, first, last)
     assert os.path.isdir(tmp_path / "checkpoints" / "40")
 
 
@@ -66,14 +69,17 @@ def test_resume_is_exact(tiny_shapes, tmp_path):
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tiny_shapes, tmp_path):
+    # warmup from lr 1e-3 (a good step 0) straight to 1e29 at step 1: the update there is not finite
     cfg = tiny_cfg(tiny_shapes, tmp_path, "SOLVER.MAX_ITER", "50", "SOLVER.CHECKPOINT_PERIOD", "1",
-                   "SOLVER.BASE_LR", "1e30", "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "()")
-    with pytest.raises(UserError, match="loss became"):
+                   "SOLVER.BASE_LR", "1e30", "SOLVER.WARMUP_ITERS", "10", "SOLVER.WARMUP_FACTOR", "1e-33",
+                   "SOLVER.STEPS", "()")
+    with pytest.raises(UserError, match="loss became nan at iteration 1 "):
         train(cfg)
     steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+    assert steps == [1], steps  # the good step's checkpoint, nothing after it
     import orbax.checkpoint as ocp
 
-    restored = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / str(steps[-1]))
+    restored = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / "1" / "default")
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored))
 
 

@@ -1,0 +1,152 @@
+"""Mask R-CNN R50-FPN training step on CPU: jaxseg against torchvision's maskrcnn_resnet50_fpn, in one run.
+
+Both models start from random weights, train on the same batch of 2 images of 800x1333 with the same 6
+ground-truth instances each (boxes, classes, masks), and take one SGD step (lr 0.02, momentum 0.9, weight
+decay 1e-4) per call: forward, losses, backward, update. jaxseg runs detectron2's mask_rcnn_R_50_FPN_3x
+(FrozenBN, FREEZE_AT 2, 512 RoIs per image); torchvision its maskrcnn_resnet50_fpn (FrozenBN, 3 trainable
+backbone stages, 512 RoIs per image). Prints the median step time of each over --runs steps after one
+warm-up (alternating, so load drift hits both), the ratio jaxseg / torchvision (lower is better; target
+<= 1.0) and jaxseg's compile time.
+
+    python benchmarks/train_step.py [--runs 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "COCO-InstanceSegmentation" / "mask_rcnn_R_50_FPN_3x.yaml"
+HW = (800, 1333)
+BATCH = 2
+INSTANCES = 6
+
+
+def make_batch(seed: int = 0) -> dict[str, np.ndarray]:
+    """Random images and GT: boxes (XYXY), classes (0..79) and full-image masks (ellipses in the boxes)."""
+    rng = np.random.default_rng(seed)
+    h, w = HW
+    images = rng.integers(0, 256, (BATCH, h, w, 3), dtype=np.uint8)
+    xy = rng.uniform(0, [w - 300, h - 300], (BATCH, INSTANCES, 2))
+    wh = rng.uniform(40, 300, (BATCH, INSTANCES, 2))
+    boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
+    yy, xx = np.mgrid[:h, :w]
+    masks = np.zeros((BATCH, INSTANCES, h, w), np.uint8)
+    for b in range(BATCH):
+        for i, (x0, y0, x1, y1) in enumerate(boxes[b]):
+            cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+            masks[b, i] = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+    classes = rng.integers(0, 80, (BATCH, INSTANCES))
+    return {"images": images, "boxes": boxes, "classes": classes, "masks": masks}
+
+
+def jaxseg_step(data: dict[str, np.ndarray]):
+    """A callable running one jitted jaxseg train step, and the compile time."""
+    import jax
+
+    from jaxseg.config import setup_cfg
+    from jaxseg.data.batching import box_aligned_mask
+    from jaxseg.engine import sharding as shd
+    from jaxseg.engine.train import init_train_state, make_train_step
+    from jaxseg.models.registry import build_model
+
+    cfg = setup_cfg(str(CONFIG), ["MODEL.WEIGHTS", "", "SOLVER.IMS_PER_BATCH", str(BATCH), "SOLVER.BASE_LR", "0.02",
+                                  "SOLVER.WARMUP_ITERS", "0", "DATALOADER.MAX_GT_INSTANCES", str(INSTANCES)])
+    s = cfg.INPUT.GT_MASK_RESOLUTION
+    gt_masks = np.stack([[box_aligned_mask(_rle(m), box, s, HW) for m, box in zip(ms, bs)]
+                         for ms, bs in zip(data["masks"], data["boxes"])]).astype(np.uint8)
+    batch = {"images": data["images"][..., ::-1].copy(), "image_hw": np.array([HW] * BATCH, np.int32),
+             "gt_boxes": data["boxes"], "gt_classes": data["classes"].astype(np.int32),
+             "gt_valid": np.ones((BATCH, INSTANCES), bool), "gt_masks": gt_masks}
+    model = build_model(cfg)
+    mesh = shd.build_mesh(1)
+    state, tx = init_train_state(cfg, model, mesh, seed=0)
+    step = make_train_step(cfg, model, tx, mesh, state, jax.random.PRNGKey(0))
+    gbatch = shd.global_batch(batch, mesh)
+    t = time.perf_counter()
+    compiled = step.lower(state, gbatch).compile()
+    compile_s = time.perf_counter() - t
+    holder = {"state": state}
+
+    def run() -> float:
+        holder["state"], metrics = compiled(holder["state"], gbatch)
+        return float(metrics["total_loss"])
+
+    return run, compile_s
+
+
+def _rle(mask: np.ndarray) -> dict:
+    import pycocotools.mask as mask_util
+
+    rle = mask_util.encode(np.asfortranarray(mask))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def torchvision_step(data: dict[str, np.ndarray]):
+    import torch
+    import torchvision
+
+    model = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
+                                                               trainable_backbone_layers=3, num_classes=81)
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02, momentum=0.9,
+                          weight_decay=1e-4)
+    images = [torch.from_numpy(im).permute(2, 0, 1).float() / 255 for im in data["images"]]
+    targets = [{"boxes": torch.from_numpy(b), "labels": torch.from_numpy(c + 1).long(),
+                "masks": torch.from_numpy(m)} for b, c, m in zip(data["boxes"], data["classes"], data["masks"])]
+
+    def run() -> float:
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--json", metavar="PATH")
+    args = ap.parse_args(argv)
+    import torch
+
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    data = make_batch()
+    jx, compile_s = jaxseg_step(data)
+    tv = torchvision_step(data)
+    jx(), tv()  # warm-up
+    times: dict[str, list[float]] = {"jaxseg": [], "torchvision": []}
+    for _ in range(args.runs):
+        for name, fn in (("jaxseg", jx), ("torchvision", tv)):
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    fig = {"threads": threads, "batch": BATCH, "hw": HW, "jaxseg_s": med["jaxseg"],
+           "torchvision_s": med["torchvision"], "ratio": med["jaxseg"] / med["torchvision"],
+           "jaxseg_compile_s": compile_s, "runs": times, "load_avg": os.getloadavg()}
+    print(f"train step, batch {BATCH} x {HW[0]}x{HW[1]}, {threads} threads, median of {args.runs}:")
+    for k in ("jaxseg", "torchvision"):
+        print(f"  {k:12s} {med[k]:7.2f} s   runs {', '.join(f'{t:.2f}' for t in times[k])}")
+    print(f"  jaxseg compile {compile_s:.1f} s; load average {fig['load_avg'][0]:.1f}")
+    print(f"RESULT jaxseg_s={med['jaxseg']:.3f} torchvision_s={med['torchvision']:.3f} ratio={fig['ratio']:.3f} "
+          f"jaxseg_compile_s={compile_s:.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(fig, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
