@@ -2,30 +2,18 @@
 
 import os
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_helpers import assert_user_error, run_module
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "COCO-InstanceSegmentation", "mask_rcnn_R_50_FPN_3x.yaml")
 
 
-def run(*args, cwd=None):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd or ROOT, env=env,
-                          timeout=600)
-
-
-def assert_user_error(res, *needles):
-    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
-    assert "Traceback" not in res.stderr, res.stderr
-    lines = [ln for ln in res.stderr.strip().splitlines() if ln.startswith("jaxseg: error:")]
-    assert len(lines) == 1, res.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
+def run(*args):
+    return run_module(*args)
 
 
 @pytest.fixture

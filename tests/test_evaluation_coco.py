@@ -8,12 +8,12 @@ so that the small/medium/large split uses the mask area (with the box present, p
 import json
 import math
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+from cli_helpers import assert_user_error, run_module
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -356,18 +356,7 @@ def test_faster_coco_eval_gives_the_same_stats(tmp_path, gt_path):
 
 # ------------------------------------------------------------------------------------------------ CLI
 def run_cli(*args):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", "jaxseg.evaluate", *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)
-
-
-def assert_user_error(res, *needles):
-    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
-    assert "Traceback" not in res.stderr, res.stderr
-    lines = [ln for ln in res.stderr.strip().splitlines() if ln.startswith("jaxseg: error:")]
-    assert len(lines) == 1, res.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
+    return run_module("jaxseg.evaluate", *args, timeout=300)
 
 
 def test_cli_prints_tables_and_writes_stats(tmp_path, gt_path):
