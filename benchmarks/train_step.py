@@ -63,7 +63,9 @@ def jaxseg_step(data: dict[str, np.ndarray]):
     s = cfg.INPUT.GT_MASK_RESOLUTION
     gt_masks = np.stack([[box_aligned_mask(_rle(m), box, s, HW) for m, box in zip(ms, bs)]
                          for ms, bs in zip(data["masks"], data["boxes"])]).astype(np.uint8)
-    batch = {"images": data["images"][..., ::-1].copy(), "image_hw": np.array([HW] * BATCH, np.int32),
+    padded = np.zeros((BATCH, -(-HW[0] // 32) * 32, -(-HW[1] // 32) * 32, 3), np.uint8)  # size divisibility
+    padded[:, :HW[0], :HW[1]] = data["images"][..., ::-1]  # BGR, as detectron2 configs expect
+    batch = {"images": padded, "image_hw": np.array([HW] * BATCH, np.int32),
              "gt_boxes": data["boxes"], "gt_classes": data["classes"].astype(np.int32),
              "gt_valid": np.ones((BATCH, INSTANCES), bool), "gt_masks": gt_masks}
     model = build_model(cfg)
@@ -94,9 +96,14 @@ def _rle(mask: np.ndarray) -> dict:
 def torchvision_step(data: dict[str, np.ndarray]):
     import torch
     import torchvision
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.misc import FrozenBatchNorm2d
 
-    model = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
-                                                               trainable_backbone_layers=3, num_classes=81)
+    # maskrcnn_resnet50_fpn(weights=None) would train BatchNorm and every stage; build it as it is built for
+    # fine-tuning instead (FrozenBN, 3 trainable stages), the work detectron2's config asks of jaxseg
+    resnet = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+    backbone = _resnet_fpn_extractor(resnet, trainable_layers=3)
+    model = torchvision.models.detection.MaskRCNN(backbone, num_classes=81)
     model.train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02, momentum=0.9,
                           weight_decay=1e-4)
