@@ -6,7 +6,7 @@ detections with pasted masks. Prints the median latency of each, the ratio jaxse
 better), the cold compile time of jaxseg's first call with an empty persistent compilation cache, and the
 first-call time of a fresh process that reuses that cache.
 
-    python benchmarks/inference_maskrcnn.py [--threads N] [--runs 5] [--json out.json] [--breakdown]
+    python benchmarks/inference_maskrcnn.py [--threads N] [--runs 5] [--kernels xla|ffi] [--json out.json] [--breakdown]
 
 Threads: torch.set_num_threads(N). XLA:CPU sizes its intra-op thread pool from the process's CPU
 affinity mask (tsl::port::MaxParallelism), and no XLA_FLAGS entry changes that pool in jax 0.10:
@@ -40,6 +40,7 @@ FIXTURE = REPO / "tests" / "data" / "d2_maskrcnn"
 IMAGE_HW = (800, 1333)
 WEIGHT_SEED = 1
 FIRST_CALL_TAG = "FIRST_CALL_S="
+KERNELS_ENV = "JAXSEG_BENCH_KERNELS"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,8 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     ap.add_argument("--breakdown", action="store_true", help="also time each backbone (ResNet+FPN) alone")
     ap.add_argument("--first-call-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--kernels", default="", help="MODEL.KERNELS for jaxseg: '' (automatic), xla, ffi, triton")
     ap.add_argument("--weights", help=argparse.SUPPRESS)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.kernels:
+        os.environ[KERNELS_ENV] = args.kernels
+    return args
 
 
 def configure_threads(n: int) -> None:
@@ -96,7 +101,8 @@ def build_jaxseg(weights: Path, cache_dir: Path) -> Any:
     from jaxseg.config import setup_cfg
     from jaxseg.engine.predictor import Predictor
 
-    return Predictor(setup_cfg(str(CONFIG), []), str(weights))
+    kernels = os.environ.get(KERNELS_ENV, "")  # --kernels, passed to the child process through the environment
+    return Predictor(setup_cfg(str(CONFIG), ["MODEL.KERNELS", kernels]), str(weights))
 
 
 def build_torchvision(threads: int) -> Any:

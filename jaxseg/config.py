@@ -576,6 +576,7 @@ def _add_jaxseg_keys(cfg: CfgNode) -> None:
     """Keys jaxseg adds to detectron2's tree (detectron2 has no equivalent)."""
     cfg.SOLVER.LOG_PERIOD = 20  # iterations between metrics.json / TensorBoard entries (1: every step)
     cfg.MODEL.FSDP = False  # shard parameters and optimizer state over the `data` axis
+    cfg.MODEL.KERNELS = ""  # force a kernel implementation: "" (automatic), "xla", "ffi" or "triton"
     cfg.DATALOADER.MAX_GT_INSTANCES = 100  # instances per training image (more are dropped, with a warning)
     cfg.INPUT.GT_MASK_RESOLUTION = 56  # side of the box-aligned GT mask crops fed to the device
 

@@ -185,5 +185,5 @@ def test_implementation_dispatch():
     np.testing.assert_array_equal(kept(nms(*args, implementation="xla")), [0])
     with pytest.raises(UserError, match=r"nms.*'cuda'.*xla"):
         nms(*args, implementation="cuda")
-    with pytest.raises(UserError, match=r"batched_nms.*'ffi'.*xla"):
-        batched_nms(args[0], args[1], jnp.array([0]), 0.5, implementation="ffi")
+    with pytest.raises(UserError, match=r"batched_nms.*'nope'.*xla"):
+        batched_nms(args[0], args[1], jnp.array([0]), 0.5, implementation="nope")

@@ -1,5 +1,6 @@
 """Kernel ops. Each takes ``implementation=None|"xla"|"triton"|"ffi"`` (see ``_dispatch``)."""
 
+from jaxseg.kernels import ffi  # noqa: F401  (registers the C++ "ffi" implementations)
 from jaxseg.kernels import triton as _triton  # noqa: F401  (registers "triton"; imports no triton until used)
 from jaxseg.kernels.nms import batched_nms, nms
 from jaxseg.kernels.paste_masks import paste_masks

@@ -19,7 +19,13 @@ def register(name: str) -> Callable:
 
 
 def build_model(cfg) -> nn.Module:
-    """The Flax module for cfg.MODEL.META_ARCHITECTURE (config errors become UserError)."""
+    """The Flax module for cfg.MODEL.META_ARCHITECTURE (config errors become UserError).
+
+    Also applies cfg.MODEL.KERNELS ("" automatic, or "xla"/"ffi"/"triton") as the process-wide kernel choice.
+    """
+    from jaxseg.kernels import _dispatch
+
+    _dispatch.set_default(cfg.MODEL.get("KERNELS", ""))
     _register_builtin()
     name = cfg.MODEL.META_ARCHITECTURE
     if name not in _BUILDERS:
