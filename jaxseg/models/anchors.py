@@ -35,23 +35,29 @@ def grid_anchors(cells: np.ndarray, feature_hw: tuple[int, int], stride: int, of
     return (shifts + cells.reshape(1, -1, 4)).reshape(-1, 4)
 
 
+def per_level(sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]],
+              num_levels: int) -> list[tuple[Sequence[float], Sequence[float]]]:
+    """(sizes, aspect ratios) of each level; a list with one entry is broadcast to all levels."""
+    sizes = list(sizes) * num_levels if len(sizes) == 1 else list(sizes)
+    aspect_ratios = list(aspect_ratios) * num_levels if len(aspect_ratios) == 1 else list(aspect_ratios)
+    if len(sizes) != num_levels or len(aspect_ratios) != num_levels:
+        raise ValueError(f"anchor sizes ({len(sizes)}) / aspect ratios ({len(aspect_ratios)}) do not match "
+                         f"the {num_levels} feature levels")
+    return list(zip(sizes, aspect_ratios))
+
+
 def multilevel_anchors(sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]],
                        strides: Sequence[int], feature_hws: Sequence[tuple[int, int]],
                        offset: float = 0.0) -> list[np.ndarray]:
-    """One (H*W*A, 4) array per level. `sizes`/`aspect_ratios` with one entry are broadcast to all levels."""
-    n = len(strides)
-    sizes = list(sizes) * n if len(sizes) == 1 else list(sizes)
-    aspect_ratios = list(aspect_ratios) * n if len(aspect_ratios) == 1 else list(aspect_ratios)
-    if len(sizes) != n or len(aspect_ratios) != n:
-        raise ValueError(f"anchor sizes ({len(sizes)}) / aspect ratios ({len(aspect_ratios)}) do not match "
-                         f"the {n} feature levels")
-    return [grid_anchors(cell_anchors(s, a), hw, st, offset)
-            for s, a, st, hw in zip(sizes, aspect_ratios, strides, feature_hws)]
+    """One (H*W*A, 4) array per level."""
+    levels = per_level(sizes, aspect_ratios, len(strides))
+    return [grid_anchors(cell_anchors(s, a), hw, st, offset) for (s, a), st, hw in zip(levels, strides, feature_hws)]
 
 
-def num_cell_anchors(sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]]) -> int:
+def num_cell_anchors(sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]],
+                     num_levels: int) -> int:
     """Anchors per location (must be the same on every level for a shared head)."""
-    counts = {len(s) * len(a) for s in sizes for a in aspect_ratios}
+    counts = {len(s) * len(a) for s, a in per_level(sizes, aspect_ratios, num_levels)}
     if len(counts) != 1:
         raise ValueError("every level must have the same number of anchors per location")
     return counts.pop()

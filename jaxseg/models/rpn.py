@@ -114,7 +114,7 @@ class RPN(nn.Module):
     bbox_reg_loss_weight: float = 1.0
 
     def setup(self):
-        num_anchors = _num_anchors(self.anchor_sizes, self.aspect_ratios, len(self.in_features))
+        num_anchors = num_cell_anchors(self.anchor_sizes, self.aspect_ratios, len(self.in_features))
         self.rpn_head = StandardRPNHead(num_anchors)
 
     def head_outputs(self, features: dict[str, jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
@@ -124,10 +124,13 @@ class RPN(nn.Module):
     def __call__(self, features: dict[str, jax.Array], image_hw: jax.Array) -> dict[str, jax.Array]:
         """features {name: (N, H, W, C)}, image_hw (N, 2) -> proposals, each (N, P, ...)."""
         logits, deltas = self.head_outputs(features)
-        return self._proposals(features, logits, deltas, image_hw, self.pre_nms_topk, self.post_nms_topk)
+        return self._proposals(self._anchors(features), logits, deltas, image_hw, self.pre_nms_topk,
+                               self.post_nms_topk)
 
-    def _proposals(self, features, logits, deltas, image_hw, pre_nms_topk: int, post_nms_topk: int):
-        anchors = multilevel_anchors_for(self, [features[f].shape[1:3] for f in self.in_features])
+    def _anchors(self, features: dict[str, jax.Array]) -> list[np.ndarray]:
+        return multilevel_anchors_for(self, [features[f].shape[1:3] for f in self.in_features])
+
+    def _proposals(self, anchors, logits, deltas, image_hw, pre_nms_topk: int, post_nms_topk: int):
         select = functools.partial(
             find_top_rpn_proposals, anchors, pre_nms_topk=pre_nms_topk, post_nms_topk=post_nms_topk,
             nms_thresh=self.nms_thresh, min_box_size=self.min_box_size, box_reg_weights=self.box_reg_weights)
@@ -137,7 +140,7 @@ class RPN(nn.Module):
                targets: dict[str, jax.Array]) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
         """Training: (losses, proposals). Proposals use the training top-k and carry no gradient."""
         logits, deltas = self.head_outputs(features)
-        anchors = multilevel_anchors_for(self, [features[f].shape[1:3] for f in self.in_features])
+        anchors = self._anchors(features)
         losses = rpn_losses(
             key, jnp.asarray(np.concatenate(anchors)), jnp.concatenate(logits, axis=1),
             jnp.concatenate(deltas, axis=1), targets["gt_boxes"], targets["gt_valid"],
@@ -146,19 +149,13 @@ class RPN(nn.Module):
             smooth_l1_beta=self.smooth_l1_beta)
         losses = {"loss_rpn_cls": losses["loss_rpn_cls"] * self.loss_weight,
                   "loss_rpn_loc": losses["loss_rpn_loc"] * self.bbox_reg_loss_weight}
-        proposals = self._proposals(features, jax.lax.stop_gradient(logits), jax.lax.stop_gradient(deltas),
+        proposals = self._proposals(anchors, jax.lax.stop_gradient(logits), jax.lax.stop_gradient(deltas),
                                     image_hw, self.pre_nms_topk_train, self.post_nms_topk_train)
         return losses, jax.lax.stop_gradient(proposals)
 
 
 def multilevel_anchors_for(rpn: RPN, feature_hws: Sequence[tuple[int, int]]) -> list[np.ndarray]:
     return multilevel_anchors(rpn.anchor_sizes, rpn.aspect_ratios, rpn.strides, feature_hws, rpn.anchor_offset)
-
-
-def _num_anchors(sizes, aspect_ratios, num_levels: int) -> int:
-    sizes = list(sizes) * num_levels if len(sizes) == 1 else sizes
-    aspect_ratios = list(aspect_ratios) * num_levels if len(aspect_ratios) == 1 else aspect_ratios
-    return num_cell_anchors(sizes, aspect_ratios)
 
 
 def build_rpn(cfg, strides: Sequence[int]) -> RPN:
