@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from jaxseg.config import setup_cfg
-from jaxseg.engine.optim import build_optimizer, frozen_stages, is_frozen, lr_schedule
+from jaxseg.engine.optim import build_optimizer, frozen_stages, is_frozen, lr_schedule, stop_frozen_gradients
 from jaxseg.errors import UserError
 from jaxseg.models.matcher import match, pairwise_iou
 from jaxseg.models.roi_heads import label_and_sample_proposals, mask_targets
@@ -111,3 +111,23 @@ def test_optimizer_weight_decay_groups_and_freeze():
     np.testing.assert_allclose(new["roi_heads"]["fc"]["bias"], 0.9)     # bias: same as WEIGHT_DECAY
     assert is_frozen(("backbone", "bottom_up", "res2_2", "conv3", "kernel"), frozen_stages(2))
     assert not is_frozen(("backbone", "fpn_lateral2", "kernel"), frozen_stages(5))
+
+
+def test_stop_frozen_gradients_zero_only_frozen_stages():
+    params = {"backbone": {"bottom_up": {"stem": {"conv1": {"kernel": jnp.array(2.0)}},
+                                         "res2_0": {"conv1": {"kernel": jnp.array(3.0)}},
+                                         "res3_0": {"conv1": {"kernel": jnp.array(4.0)}}}},
+              "roi_heads": {"fc": {"bias": jnp.array(5.0)}}}
+
+    def loss(p):  # a chain through every stage, as the backbone is
+        bu = p["backbone"]["bottom_up"]
+        x = bu["stem"]["conv1"]["kernel"] * bu["res2_0"]["conv1"]["kernel"]
+        return x * bu["res3_0"]["conv1"]["kernel"] * p["roi_heads"]["fc"]["bias"]
+
+    full = jax.grad(loss)(params)
+    grads = jax.grad(lambda p: loss(stop_frozen_gradients(p, 2)))(params)
+    bu = grads["backbone"]["bottom_up"]
+    assert float(bu["stem"]["conv1"]["kernel"]) == 0.0 and float(bu["res2_0"]["conv1"]["kernel"]) == 0.0
+    assert float(bu["res3_0"]["conv1"]["kernel"]) == float(full["backbone"]["bottom_up"]["res3_0"]["conv1"]["kernel"])
+    assert float(grads["roi_heads"]["fc"]["bias"]) == float(full["roi_heads"]["fc"]["bias"]) == 24.0
+    assert float(loss(stop_frozen_gradients(params, 2))) == float(loss(params))

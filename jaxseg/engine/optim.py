@@ -69,6 +69,15 @@ def is_frozen(path: tuple[str, ...], stages: frozenset[str]) -> bool:
     return len(path) > 2 and path[:2] == ("backbone", "bottom_up") and path[2].split("_")[0] in stages
 
 
+def stop_frozen_gradients(params: dict, freeze_at: int) -> dict:
+    """params with the frozen stages behind stop_gradient: autodiff then skips their backward pass
+    (weight gradients and the input gradients below the first trainable stage) instead of computing
+    gradients the optimizer throws away."""
+    stages = frozen_stages(freeze_at)
+    flat = {p: jax.lax.stop_gradient(v) if is_frozen(p, stages) else v for p, v in flatten_dict(params).items()}
+    return unflatten_dict(flat)
+
+
 def clip_per_leaf_norm(max_norm: float) -> optax.GradientTransformation:
     """Clip each parameter's gradient to L2 norm <= max_norm (torch clip_grad_norm_ per parameter)."""
 

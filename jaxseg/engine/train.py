@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from jaxseg.engine import sharding as shd
-from jaxseg.engine.optim import build_optimizer, lr_schedule
+from jaxseg.engine.optim import build_optimizer, lr_schedule, stop_frozen_gradients
 from jaxseg.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,8 @@ def make_train_step(cfg, model, tx, mesh, state: TrainState, base_key: jax.Array
         targets = {k: batch[k] for k in TARGET_KEYS}
 
         def loss_fn(params):
-            p = jax.tree.map(lambda x: x.astype(compute_dtype), params)
+            p = stop_frozen_gradients(params, cfg.MODEL.BACKBONE.FREEZE_AT)
+            p = jax.tree.map(lambda x: x.astype(compute_dtype), p)
             losses = model.apply({"params": p, "batch_stats": state.batch_stats}, key,
                                  batch["images"].astype(compute_dtype), batch["image_hw"], targets,
                                  method=model.losses)

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxseg.models.conv import conv2d
+
 
 class FrozenBatchNorm(nn.Module):
     """BatchNorm with fixed statistics and affine: y = (x - mean) / sqrt(var + eps) * weight + bias."""
@@ -98,9 +100,7 @@ def _conv(m: Conv2d, x: jax.Array) -> jax.Array:
     """The convolution itself, with `kernel`/`bias` directly on the Conv2d module (no extra scope)."""
     k, p, s, d = m.kernel_size, m.padding, m.stride, m.dilation
     kernel = m.param("kernel", m.kernel_init, (k, k, x.shape[-1], m.features), jnp.float32)
-    y = jax.lax.conv_general_dilated(
-        x, kernel.astype(x.dtype), window_strides=(s, s), padding=((p, p), (p, p)), rhs_dilation=(d, d),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST)
+    y = conv2d(x, kernel.astype(x.dtype), stride=s, padding=p, dilation=d)
     if m.use_bias:
         y = y + m.param("bias", nn.initializers.zeros, (m.features,), jnp.float32).astype(x.dtype)
     return y
