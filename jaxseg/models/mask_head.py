@@ -41,7 +41,12 @@ class ConvTranspose2x2(nn.Module):
         n, h, w, c = x.shape
         kernel = self.param("kernel", c2_msra_fill, (2, 2, self.features, c), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        y = jnp.einsum("nyxc,ijoc->nyixjo", x, kernel.astype(x.dtype), precision=jax.lax.Precision.HIGHEST)
+        k = kernel.astype(x.dtype).reshape(4 * self.features, c)  # rows (i, j, o)
+        y = jax.lax.dot_general(x.reshape(-1, c), k, (((1,), (1,)), ((), ())),
+                                precision=jax.lax.Precision.HIGHEST)  # (N*H*W, 4*features)
+        # pixel shuffle (n, y, x, i, j, o) -> (n, y, i, x, j, o); kept apart from the product, so that the
+        # kernel gradient transposes the input rather than the 4x larger output gradient
+        y = y.reshape(n, h, w, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
         return y.reshape(n, 2 * h, 2 * w, self.features) + bias.astype(x.dtype)
 
 

@@ -15,22 +15,27 @@ def subsample_labels(key: jax.Array, positive: jax.Array, negative: jax.Array, n
     """positive, negative: (N,) bool, disjoint. Returns (index (S,), is_positive (S,), valid (S,)),
     S = min(num_samples, N).
 
-    A uniformly random subset: positives and negatives are each ranked by a random key.
+    A uniformly random subset: positives and negatives are each ranked by a random key and the lowest
+    keys are taken (top-k, not a sort: the RPN samples from ~270k anchors per image).
     """
     n = positive.shape[0]
-    num_pos = jnp.minimum(positive.sum(), int(num_samples * positive_fraction))
-    num_neg = jnp.minimum(negative.sum(), num_samples - num_pos)
+    max_pos = min(int(num_samples * positive_fraction), n)
     num_samples = min(num_samples, n)  # static output size
+    num_pos = jnp.minimum(positive.sum(), max_pos)
+    num_neg = jnp.minimum(negative.sum(), num_samples - num_pos)
     r = jax.random.uniform(key, (n,))
-    chosen_pos = positive & (_rank_within(r, positive) < num_pos)
-    chosen_neg = negative & (_rank_within(r, negative) < num_neg)
-    # chosen positives first, then chosen negatives, then the rest
-    group = jnp.where(chosen_pos, 0, jnp.where(chosen_neg, 1, 2))
-    order = jnp.argsort(group, stable=True)[:num_samples]
-    return order, chosen_pos[order], (chosen_pos | chosen_neg)[order]
+    pos_idx = _lowest(r, positive, max_pos)      # (max_pos,) the positives with the lowest keys first
+    neg_idx = _lowest(r, negative, num_samples)  # (S,)
+    slot = jnp.arange(num_samples)
+    is_pos = slot < num_pos
+    # chosen positives first, then chosen negatives; the remaining slots are invalid
+    idx = jnp.where(is_pos, pos_idx[jnp.minimum(slot, max(max_pos - 1, 0))] if max_pos else 0,
+                    neg_idx[jnp.clip(slot - num_pos, 0, num_samples - 1)])
+    return idx, is_pos, slot < num_pos + num_neg
 
 
-def _rank_within(r: jax.Array, member: jax.Array) -> jax.Array:
-    """Rank of r among the members (0 = smallest); non-members rank after all members."""
-    order = jnp.argsort(jnp.where(member, r, 2.0))
-    return jnp.zeros_like(order).at[order].set(jnp.arange(r.shape[0]))
+def _lowest(r: jax.Array, member: jax.Array, k: int) -> jax.Array:
+    """Indices of the k members with the lowest keys, lowest first (non-members after them)."""
+    if k == 0:
+        return jnp.zeros((0,), jnp.int32)
+    return jax.lax.top_k(jnp.where(member, -r, -jnp.inf), k)[1]
