@@ -4,11 +4,20 @@ Both models start from random weights, train on the same batch of 2 images of 80
 ground-truth instances each (boxes, classes, masks), and take one SGD step (lr 0.02, momentum 0.9, weight
 decay 1e-4) per call: forward, losses, backward, update. jaxseg runs detectron2's mask_rcnn_R_50_FPN_3x
 (FrozenBN, FREEZE_AT 2, 512 RoIs per image); torchvision its maskrcnn_resnet50_fpn (FrozenBN, 3 trainable
-backbone stages, 512 RoIs per image). Prints the median step time of each over --runs steps after one
-warm-up (alternating, so load drift hits both), the ratio jaxseg / torchvision (lower is better; target
-<= 1.0) and jaxseg's compile time.
+backbone stages, 512 RoIs per image).
 
-    python benchmarks/train_step.py [--runs 3] [--json out.json]
+Each framework runs in its own worker process (this script, --worker NAME), as a user runs one: sharing a
+process made each slower after the other had run (allocator and thread-pool state: jaxseg's step went from
+22 s to 25-30 s once torch had stepped in the same process). The parent starts both, has each take one
+warm-up step, then asks them for --runs steps alternately, so that load drift hits both alike, and prints
+the median step time of each, the CPU seconds and page faults per step, the ratio jaxseg / torchvision
+(lower is better; target <= 1.0) and jaxseg's compile time.
+
+--hugepages runs both workers with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (transparent huge pages for
+malloc's large blocks). Both frameworks allocate gigabytes of fresh activations per step, and with 4 KiB
+pages the kernel spends seconds per step faulting them in; huge pages speed both up.
+
+    python benchmarks/train_step.py [--runs 3] [--hugepages] [--json out.json]
 """
 
 from __future__ import annotations
@@ -117,40 +126,108 @@ def torchvision_step(data: dict[str, np.ndarray]):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return run
+
+
+def worker(name: str) -> None:
+    """Build one framework's step, report readiness, then run a step per "step" line read from stdin and
+    answer each with one json line (wall seconds, CPU seconds, minor page faults)."""
+    import resource
+
+    data = make_batch()
+    if name == "jaxseg":
+        step, compile_s = jaxseg_step(data)
+    else:
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        step, compile_s = torchvision_step(data), 0.0
+    out = sys.stdout
+    sys.stdout = sys.stderr  # library prints must not mix with the replies
+    out.write(json.dumps({"ready": True, "compile_s": compile_s}) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        loss = step()
+        dt, r1 = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
+        out.write(json.dumps({"s": dt, "cpu_s": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
+                              "sys_s": r1.ru_stime - r0.ru_stime, "minflt": r1.ru_minflt - r0.ru_minflt,
+                              "loss": loss}) + "\n")
+        out.flush()
+
+
+class Worker:
+    """A worker process driven line by line."""
+
+    def __init__(self, name: str, env: dict[str, str]):
+        import subprocess
+
+        self.name = name
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", name], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
+
+    def read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"{self.name} worker exited (code {self.proc.wait()})")
+        return json.loads(line)
+
+    def step(self) -> dict:
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--hugepages", action="store_true", help="GLIBC_TUNABLES=glibc.malloc.hugetlb=1 in both")
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--worker", choices=("jaxseg", "torchvision"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    import torch
-
-    threads = os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    data = make_batch()
-    jx, compile_s = jaxseg_step(data)
-    tv = torchvision_step(data)
-    jx(), tv()  # warm-up
-    times: dict[str, list[float]] = {"jaxseg": [], "torchvision": []}
+    if args.worker:
+        return worker(args.worker)
+    env = dict(os.environ)
+    if args.hugepages:
+        env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), "glibc.malloc.hugetlb=1"]))
+    workers = {}
+    for name in ("jaxseg", "torchvision"):  # one at a time, so that jaxseg's compile time is its own
+        workers[name] = Worker(name, env)
+        ready = workers[name].read()
+        if name == "jaxseg":
+            compile_s = ready["compile_s"]
+    for w in workers.values():
+        w.step()  # warm-up
+    steps: dict[str, list[dict]] = {name: [] for name in workers}
     for _ in range(args.runs):
-        for name, fn in (("jaxseg", jx), ("torchvision", tv)):
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    fig = {"threads": threads, "batch": BATCH, "hw": HW, "jaxseg_s": med["jaxseg"],
-           "torchvision_s": med["torchvision"], "ratio": med["jaxseg"] / med["torchvision"],
-           "jaxseg_compile_s": compile_s, "runs": times, "load_avg": os.getloadavg()}
-    print(f"train step, batch {BATCH} x {HW[0]}x{HW[1]}, {threads} threads, median of {args.runs}:")
+        for name, w in workers.items():
+            steps[name].append(w.step())
+    for w in workers.values():
+        w.close()
+    threads = os.cpu_count() or 1
+    med = {k: {f: statistics.median(r[f] for r in v) for f in ("s", "cpu_s", "sys_s", "minflt")}
+           for k, v in steps.items()}
+    ratio = med["jaxseg"]["s"] / med["torchvision"]["s"]
+    fig = {"threads": threads, "batch": BATCH, "hw": HW, "hugepages": args.hugepages,
+           "jaxseg_s": med["jaxseg"]["s"], "torchvision_s": med["torchvision"]["s"], "ratio": ratio,
+           "jaxseg_compile_s": compile_s, "steps": steps, "load_avg": os.getloadavg()}
+    print(f"train step, batch {BATCH} x {HW[0]}x{HW[1]}, {threads} threads, one process each, "
+          f"{'huge pages' if args.hugepages else 'default malloc'}, median of {args.runs}:")
     for k in ("jaxseg", "torchvision"):
-        print(f"  {k:12s} {med[k]:7.2f} s   runs {', '.join(f'{t:.2f}' for t in times[k])}")
+        m, runs = med[k], ", ".join(f"{r['s']:.2f}" for r in steps[k])
+        print(f"  {k:12s} {m['s']:7.2f} s  (cpu {m['cpu_s']:.1f} s, of which sys {m['sys_s']:.1f} s; "
+              f"{m['minflt'] / 1e6:.2f} M page faults)   runs {runs}")
     print(f"  jaxseg compile {compile_s:.1f} s; load average {fig['load_avg'][0]:.1f}")
-    print(f"RESULT jaxseg_s={med['jaxseg']:.3f} torchvision_s={med['torchvision']:.3f} ratio={fig['ratio']:.3f} "
-          f"jaxseg_compile_s={compile_s:.1f}")
+    print(f"RESULT jaxseg_s={med['jaxseg']['s']:.3f} torchvision_s={med['torchvision']['s']:.3f} ratio={ratio:.3f} "
+          f"jaxseg_compile_s={compile_s:.1f} hugepages={int(args.hugepages)}")
     if args.json:
         Path(args.json).write_text(json.dumps(fig, indent=1))
 

@@ -131,3 +131,41 @@ def test_stop_frozen_gradients_zero_only_frozen_stages():
     assert float(bu["res3_0"]["conv1"]["kernel"]) == float(full["backbone"]["bottom_up"]["res3_0"]["conv1"]["kernel"])
     assert float(grads["roi_heads"]["fc"]["bias"]) == float(full["roi_heads"]["fc"]["bias"]) == 24.0
     assert float(loss(stop_frozen_gradients(params, 2))) == float(loss(params))
+
+
+@pytest.mark.parametrize("fg_counts", [(3, 1), (4, 5), (9, 16)])
+def test_mask_loss_on_fewest_rows_equals_loss_on_all(fg_counts):
+    """The mask head runs on 1/4, 1/2 or all of the foreground rows; loss and gradients equal the full run's."""
+    import os
+
+    from jaxseg.engine.train import initial_variables
+    from jaxseg.models.registry import build_model
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = setup_cfg(os.path.join(root, "configs", "quickstart", "shapes_mask_rcnn.yaml"), ["MODEL.WEIGHTS", ""])
+    model = build_model(cfg)
+    variables = initial_variables(cfg, model, 0)
+    rng = np.random.default_rng(sum(fg_counts))
+    n, rows, g = 2, 64, 3  # ROI batch 64 per image: 16 foreground rows at most
+    features = {f"p{i}": jnp.asarray(rng.normal(size=(n, 128 >> i, 128 >> i, 64)), jnp.float32) for i in range(2, 6)}
+    xy = rng.uniform(0, 80, (n, rows, 2))
+    boxes = jnp.asarray(np.concatenate([xy, xy + rng.uniform(8, 40, (n, rows, 2))], -1), jnp.float32)
+    is_fg = jnp.asarray(np.arange(rows)[None] < np.array(fg_counts)[:, None])
+    s = {"boxes": boxes, "is_fg": is_fg, "classes": jnp.asarray(rng.integers(0, 6, (n, rows))),
+         "matches": jnp.asarray(rng.integers(0, g, (n, rows)))}
+    gxy = rng.uniform(0, 80, (n, g, 2))
+    targets = {"gt_boxes": jnp.asarray(np.concatenate([gxy, gxy + 30], -1), jnp.float32),
+               "gt_masks": jnp.asarray(rng.integers(0, 2, (n, g, 56, 56)), jnp.uint8)}
+
+    def loss(params, method):
+        return model.apply({**variables, "params": params}, features, s, targets,
+                           method=lambda m, *a: method(m.roi_heads, *a))
+
+    full = lambda h, *a: h._mask_loss_rows(*a, rows=16)  # noqa: E731
+    switched = lambda h, *a: h._mask_loss(*a)  # noqa: E731
+    (la, ga), (lb, gb) = (jax.jit(jax.value_and_grad(loss), static_argnums=1)(variables["params"], m)
+                          for m in (switched, full))
+    np.testing.assert_allclose(la, lb, rtol=1e-6)
+    assert float(lb) > 0
+    for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

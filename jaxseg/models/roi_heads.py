@@ -92,8 +92,19 @@ class StandardROIHeads(nn.Module):
         return out
 
     def _mask_loss(self, features, s, targets) -> jax.Array:
-        """BCE over the foreground RoIs (the first batch_size * positive_fraction sampled rows hold them all)."""
+        """BCE over the foreground RoIs. The first batch_size * positive_fraction sampled rows hold them all;
+        the mask head runs on the first 1/4, 1/2 or all of those rows, the fewest that hold every image's
+        foreground (a switch between three static shapes: the same loss, less work when few RoIs are fg)."""
         nf = int(self.batch_size_per_image * self.positive_fraction)
+        sizes = sorted({max(nf // 4, 1), max(nf // 2, 1), nf})
+        count = jnp.max(jnp.sum(s["is_fg"][:, :nf], axis=1))
+        branch = jnp.searchsorted(jnp.asarray(sizes), count)  # first size >= count
+        branches = [functools.partial(StandardROIHeads._mask_loss_rows, rows=r) for r in sizes]
+        return nn.switch(branch, branches, self, features, s, targets)
+
+    def _mask_loss_rows(self, features, s, targets, rows: int) -> jax.Array:
+        """The mask loss computed on the first `rows` sampled RoIs of each image."""
+        nf = rows
         boxes, fg = s["boxes"][:, :nf], s["is_fg"][:, :nf]
         boxes = jnp.where(fg[..., None], boxes, jnp.array([0.0, 0.0, 1.0, 1.0]))
         classes = jnp.where(fg, s["classes"][:, :nf], 0)
