@@ -70,6 +70,8 @@ def kernel_grad(x: jax.Array, dy: jax.Array, window: tuple[int, int], stride: in
     n, _, _, c = x.shape
     _, ho, wo, k = dy.shape
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    if stride == 1:
+        return _kernel_grad_by_rows(xp, dy, window, dilation, precision)
     dy2 = dy.reshape(-1, k)  # (M, K)
     taps = []
     for i in range(window[0]):
@@ -80,3 +82,22 @@ def kernel_grad(x: jax.Array, dy: jax.Array, window: tuple[int, int], stride: in
             taps.append(jax.lax.dot_general(tap.reshape(-1, c), dy2, (((0,), (0,)), ((), ())),
                                             precision=precision))  # (C, K)
     return jnp.stack(taps).reshape(*window, c, k)
+
+
+def _kernel_grad_by_rows(xp: jax.Array, dy: jax.Array, window: tuple[int, int], dilation: int,
+                         precision: jax.lax.Precision | None) -> jax.Array:
+    """Stride 1: one product per kernel row instead of per tap. dy is laid at each column offset j of the
+    padded width, side by side (N, Ho, Wp, kw*K), so that kernel row i needs only the input rows i*d.. as
+    they are: dW[i, j] = sum_{n,h,w'} xp[n, h + i*d, w', :]^T dy[n, h, w' - j*d, :]. Copies kh inputs and kw
+    output gradients where the per-tap form copies kh*kw inputs, and each product is kw times wider."""
+    n, _, wp, c = xp.shape
+    _, ho, wo, k = dy.shape
+    d = dilation
+    shifted = jnp.concatenate([jnp.pad(dy, ((0, 0), (0, 0), (j * d, wp - wo - j * d), (0, 0)))
+                               for j in range(window[1])], axis=-1).reshape(-1, window[1] * k)  # (M', kw*K)
+    rows = []
+    for i in range(window[0]):
+        xi = jax.lax.slice_in_dim(xp, i * d, i * d + ho, axis=1).reshape(-1, c)  # (M', C)
+        g = jax.lax.dot_general(xi, shifted, (((0,), (0,)), ((), ())), precision=precision)  # (C, kw*K)
+        rows.append(g.reshape(c, window[1], k).transpose(1, 0, 2))  # (kw, C, K)
+    return jnp.stack(rows)
