@@ -93,8 +93,10 @@ def _kernel_grad_by_rows(xp: jax.Array, dy: jax.Array, window: tuple[int, int], 
     n, _, wp, c = xp.shape
     _, ho, wo, k = dy.shape
     d = dilation
-    shifted = jnp.concatenate([jnp.pad(dy, ((0, 0), (0, 0), (j * d, wp - wo - j * d), (0, 0)))
-                               for j in range(window[1])], axis=-1).reshape(-1, window[1] * k)  # (M', kw*K)
+    e = wp - wo  # = d * (kw - 1)
+    wide = jnp.pad(dy, ((0, 0), (0, 0), (e, e), (0, 0)))  # one padded copy; each shift is a window of it
+    shifted = jnp.stack([wide[:, :, e - j * d: e - j * d + wp] for j in range(window[1])],
+                        axis=3).reshape(-1, window[1] * k)  # (M', kw*K)
     rows = []
     for i in range(window[0]):
         xi = jax.lax.slice_in_dim(xp, i * d, i * d + ho, axis=1).reshape(-1, c)  # (M', C)
