@@ -35,8 +35,35 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0, d
         return _conv(x, kernel, stride, padding, dilation, precision)
     if kernel.shape[:2] == (1, 1) and padding == 0:
         x = x[:, ::stride, ::stride]  # (N, Ho, Wo, C): what a 1x1 window of this stride sees
-        return jnp.einsum("nhwc,ck->nhwk", x, kernel[0, 0], precision=precision)
+        return _pointwise(x, kernel[0, 0], precision)
     return _conv_gemm_grads(x, kernel, stride, padding, dilation, precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _pointwise(x, w, precision):
+    """1x1 convolution as a product: x (N, H, W, C), w (C, K) -> (N, H, W, K)."""
+    return jnp.einsum("nhwc,ck->nhwk", x, w, precision=precision)
+
+
+def _pointwise_fwd(x, w, precision):
+    return _pointwise(x, w, precision), (x, w)
+
+
+def _pointwise_bwd(precision, res, dy):
+    """dx = dy w^T; dW summed over all pixels, the product oriented so that the operand XLA lays out afresh
+    is the one with fewer channels (an objectness 1x1 on p2 has C=256 inputs and K=3 outputs)."""
+    x, w = res
+    c, k = w.shape
+    dx = jnp.einsum("nhwk,ck->nhwc", dy, w, precision=precision)
+    x2, dy2 = x.reshape(-1, c), dy.reshape(-1, k)
+    if c <= k:
+        dw = jax.lax.dot_general(x2, dy2, (((0,), (0,)), ((), ())), precision=precision)
+    else:
+        dw = jax.lax.dot_general(dy2, x2, (((0,), (0,)), ((), ())), precision=precision).T
+    return dx, dw.astype(w.dtype)
+
+
+_pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
 def _conv(x, kernel, stride, padding, dilation, precision):
