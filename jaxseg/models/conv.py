@@ -5,8 +5,9 @@ map; that runs at 10–30 GFLOP/s where a matrix product runs at 100–300 (a 1x
 256) map: 0.47 s against 0.1 s). Training spends most of its time there, so on CPU:
 
 - a 1x1 convolution is a strided slice and a matrix product (its gradients are matrix products too);
-- a k x k convolution keeps XLA's forward and input gradient, and takes its kernel gradient as k*k
-  matrix products, one per kernel tap: dW[i, j] = X_ij^T dY, X_ij the input seen through tap (i, j).
+- a k x k convolution keeps XLA's forward and takes its kernel gradient as matrix products, dW[i, j] =
+  X_ij^T dY with X_ij the input seen through tap (i, j): one product per kernel row at stride 1, one per
+  tap otherwise; its stride-1 input gradient is a forward convolution with the turned kernel.
 
 On other backends (cuDNN, TPU) the plain convolution is used: their kernel gradients are fast.
 The results equal `lax.conv_general_dilated`'s to float rounding.
@@ -56,11 +57,13 @@ def _pointwise_bwd(precision, res, dy):
     c, k = w.shape
     dx = jnp.einsum("nhwk,ck->nhwc", dy, w, precision=precision)
     x2, dy2 = x.reshape(-1, c), dy.reshape(-1, k)
-    if c <= k:
-        dw = jax.lax.dot_general(x2, dy2, (((0,), (0,)), ((), ())), precision=precision)
-    else:
-        dw = jax.lax.dot_general(dy2, x2, (((0,), (0,)), ((), ())), precision=precision).T
+    dw = _pixel_sum(x2, dy2, precision) if c <= k else _pixel_sum(dy2, x2, precision).T
     return dx, dw.astype(w.dtype)
+
+
+def _pixel_sum(a: jax.Array, b: jax.Array, precision: jax.lax.Precision | None) -> jax.Array:
+    """a^T b summed over pixels: a (M, A), b (M, B) -> (A, B)."""
+    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=precision)
 
 
 _pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
@@ -94,9 +97,9 @@ def input_grad(dy: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...], strid
     inside a conditional); other strides: XLA's transpose rule."""
     q = dilation * (kernel.shape[0] - 1) - padding
     if stride != 1 or q < 0 or kernel.shape[0] != kernel.shape[1]:
-        x = jnp.zeros(x_shape, dy.dtype)
-        _, vjp = jax.vjp(lambda t: _conv(t, kernel, stride, padding, dilation, precision), x)
-        return vjp(dy)[0]
+        conv = functools.partial(_conv, kernel=kernel, stride=stride, padding=padding, dilation=dilation,
+                                 precision=precision)
+        return jax.linear_transpose(conv, jax.ShapeDtypeStruct(x_shape, dy.dtype))(dy)[0]
     turned = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)  # (kh, kw, K, C)
     return _conv(dy, turned, 1, q, dilation, precision)
 
@@ -106,7 +109,8 @@ _conv_gemm_grads.defvjp(_fwd, _bwd)
 
 def kernel_grad(x: jax.Array, dy: jax.Array, window: tuple[int, int], stride: int, padding: int, dilation: int,
                 precision: jax.lax.Precision | None = None) -> jax.Array:
-    """dL/dW of a convolution: x (N, H, W, C), dy (N, Ho, Wo, K) -> (kh, kw, C, K), one product per tap."""
+    """dL/dW of a convolution: x (N, H, W, C), dy (N, Ho, Wo, K) -> (kh, kw, C, K), one product per kernel
+    row at stride 1, one per tap otherwise."""
     n, _, _, c = x.shape
     _, ho, wo, k = dy.shape
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
@@ -119,8 +123,7 @@ def kernel_grad(x: jax.Array, dy: jax.Array, window: tuple[int, int], stride: in
             r, s = i * dilation, j * dilation
             tap = jax.lax.slice(xp, (0, r, s, 0), (n, r + (ho - 1) * stride + 1, s + (wo - 1) * stride + 1, c),
                                 (1, stride, stride, 1))  # (N, Ho, Wo, C)
-            taps.append(jax.lax.dot_general(tap.reshape(-1, c), dy2, (((0,), (0,)), ((), ())),
-                                            precision=precision))  # (C, K)
+            taps.append(_pixel_sum(tap.reshape(-1, c), dy2, precision))  # (C, K)
     return jnp.stack(taps).reshape(*window, c, k)
 
 
@@ -140,6 +143,6 @@ def _kernel_grad_by_rows(xp: jax.Array, dy: jax.Array, window: tuple[int, int], 
     rows = []
     for i in range(window[0]):
         xi = jax.lax.slice_in_dim(xp, i * d, i * d + ho, axis=1).reshape(-1, c)  # (M', C)
-        g = jax.lax.dot_general(xi, shifted, (((0,), (0,)), ((), ())), precision=precision)  # (C, kw*K)
+        g = _pixel_sum(xi, shifted, precision)  # (C, kw*K)
         rows.append(g.reshape(c, window[1], k).transpose(1, 0, 2))  # (kw, C, K)
     return jnp.stack(rows)

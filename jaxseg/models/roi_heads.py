@@ -104,16 +104,15 @@ class StandardROIHeads(nn.Module):
 
     def _mask_loss_rows(self, features, s, targets, rows: int) -> jax.Array:
         """The mask loss computed on the first `rows` sampled RoIs of each image."""
-        nf = rows
-        boxes, fg = s["boxes"][:, :nf], s["is_fg"][:, :nf]
+        boxes, fg = s["boxes"][:, :rows], s["is_fg"][:, :rows]
         boxes = jnp.where(fg[..., None], boxes, jnp.array([0.0, 0.0, 1.0, 1.0]))
-        classes = jnp.where(fg, s["classes"][:, :nf], 0)
+        classes = jnp.where(fg, s["classes"][:, :rows], 0)
         pooled = self.mask_pooler([features[f] for f in self.in_features], *_flatten_boxes(boxes))
         logits = self.mask_head(pooled)  # (N*F, M, M, K)
         if logits.shape[-1] > 1:
             logits = jnp.take_along_axis(logits, classes.reshape(-1)[:, None, None, None], axis=-1)
         logits = logits[..., 0].reshape(*boxes.shape[:2], *logits.shape[1:3])
-        target = mask_targets(targets["gt_masks"], targets["gt_boxes"], boxes, s["matches"][:, :nf],
+        target = mask_targets(targets["gt_masks"], targets["gt_boxes"], boxes, s["matches"][:, :rows],
                               logits.shape[-1])
         bce = jnp.where(fg[..., None, None], sigmoid_bce(logits, target), 0.0)
         return bce.sum() / jnp.maximum(fg.sum() * logits.shape[-1] * logits.shape[-2], 1)
