@@ -36,8 +36,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jaxseg.config import get_cfg  # noqa: E402
-from jaxseg.data import batching  # noqa: E402
 from jaxseg.data.coco import load_coco_json, write_coco_json  # noqa: E402
+from jaxseg.data.input_spec import InputSpec  # noqa: E402
+from jaxseg.data.loaders import TrainLoader, build_train_loader  # noqa: E402
+from jaxseg.data.target_spec import TargetSpec  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -127,7 +129,7 @@ def make_cfg(setting: str):
     return cfg
 
 
-def time_reference(loader: batching.TrainLoader, start: int, batches: int) -> tuple[float, float]:
+def time_reference(loader: TrainLoader, start: int, batches: int) -> tuple[float, float]:
     """(wall, CPU) seconds for ``batches`` batches built one after another in this thread."""
     begin, cpu = time.perf_counter(), time.process_time()
     for step in range(start, start + batches):
@@ -135,7 +137,7 @@ def time_reference(loader: batching.TrainLoader, start: int, batches: int) -> tu
     return time.perf_counter() - begin, time.process_time() - cpu
 
 
-def time_pipeline(loader: batching.TrainLoader, start: int, batches: int) -> tuple[float, float]:
+def time_pipeline(loader: TrainLoader, start: int, batches: int) -> tuple[float, float]:
     """(wall, CPU of this process) seconds from the first batch (pool started, primed) to ``batches`` more."""
     with loader.batches(start) as iterator:
         next(iterator)
@@ -152,7 +154,8 @@ def run_setting(setting: str, records: list[dict], args: argparse.Namespace) -> 
              f"threads x{args.workers}": dict(num_workers=args.workers)}
     if not args.no_processes:
         modes[f"processes x{args.workers}"] = dict(num_workers=args.workers, use_processes=True)
-    loaders = {name: batching.build_train_loader(cfg, records, seed=0, process_index=0, process_count=1, **kw)
+    specs = InputSpec.from_config(cfg, 32), TargetSpec(box_mask_size=cfg.INPUT.GT_MASK_RESOLUTION)  # Mask R-CNN's
+    loaders = {name: build_train_loader(cfg, records, *specs, seed=0, process_index=0, process_count=1, **kw)
                for name, kw in modes.items()}
     batch = cfg.SOLVER.IMS_PER_BATCH
     loaders["single-thread loop"].load_batch(0)  # warm caches (file system, imports)

@@ -62,7 +62,7 @@ def jaxseg_step(data: dict[str, np.ndarray]):
     import jax
 
     from jaxseg.config import setup_cfg
-    from jaxseg.data.batching import box_aligned_mask
+    from jaxseg.data.masks import box_aligned_mask
     from jaxseg.engine import sharding as shd
     from jaxseg.engine.train import init_train_state, make_train_step
     from jaxseg.models.registry import build_model

@@ -1,7 +1,8 @@
-"""python -m jaxseg.convert IN.pkl|IN.pth OUTDIR --config CFG [KEY VALUE ...]
+"""python -m jaxseg.convert IN.pkl|IN.pth|detectron2://X OUTDIR --config CFG [KEY VALUE ...]
 
-Reads a detectron2 model-zoo .pkl or a PyTorch .pth (without PyTorch), maps it onto the model of CFG
-(every tensor used or explicitly ignored) and writes an orbax checkpoint directory that MODEL.WEIGHTS accepts.
+Reads a published checkpoint (.pkl or PyTorch .pth, without PyTorch), maps it onto the model of CFG
+by that model's checkpoint adapter (every tensor used or explicitly ignored) and writes an orbax
+checkpoint directory that MODEL.WEIGHTS accepts. A zoo name is read from $JAXSEG_WEIGHTS (no download).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from jaxseg.cli_utils import run_cli
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jaxseg.convert", description=__doc__.splitlines()[2])
-    p.add_argument("input", help="checkpoint file: detectron2 .pkl or PyTorch .pth")
+    p = argparse.ArgumentParser(prog="python -m jaxseg.convert", description=" ".join(__doc__.splitlines()[2:5]))
+    p.add_argument("input", help="checkpoint file (.pkl, .pth) or zoo name "
+                   "(detectron2://X: a file under $JAXSEG_WEIGHTS)")
     p.add_argument("output", help="new directory for the converted checkpoint")
     p.add_argument("--config", "--config-file", dest="config", required=True, help="model config YAML")
     p.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides")

@@ -1,4 +1,7 @@
-"""Training and evaluation batches: layout, augmentation, box-aligned masks, determinism, host sharding."""
+"""Training and evaluation batches: layout, augmentation, box-aligned masks, determinism, host sharding.
+
+The loaders get the model's specs; here Mask R-CNN's, built from the config as the model builds them
+(tests/test_data_targets.py takes them from a built model and covers the other targets)."""
 
 from __future__ import annotations
 
@@ -14,9 +17,11 @@ import pytest
 from PIL import Image
 
 from jaxseg.config import get_cfg
-from jaxseg.data import batching
+from jaxseg.data import loaders, mappers, masks
 from jaxseg.data.coco import annotation_to_mask, load_coco_json
 from jaxseg.data.image_io import read_image
+from jaxseg.data.input_spec import InputSpec
+from jaxseg.data.target_spec import TargetSpec
 from jaxseg.data.transforms import RandomFlip, ResizeShortestEdge, apply_augmentations
 from jaxseg.errors import UserError
 
@@ -79,7 +84,7 @@ def write_dataset(root) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-    root = tmp_path_factory.mktemp("batching")
+    root = tmp_path_factory.mktemp("loaders")
     return load_coco_json(*write_dataset(root))
 
 
@@ -100,12 +105,19 @@ def make_cfg(**overrides):
     return cfg
 
 
+def specs_for(cfg) -> tuple[InputSpec, TargetSpec]:
+    """Mask R-CNN's specs for cfg (size divisibility 32 of the FPN backbone)."""
+    return (InputSpec.from_config(cfg, 32),
+            TargetSpec(box_mask_size=cfg.INPUT.GT_MASK_RESOLUTION if cfg.MODEL.MASK_ON else 0))
+
+
 def loader_for(records, seed=0, **kwargs):
     cfg_overrides = {k: v for k, v in kwargs.items() if "__" in k}
     other = {k: v for k, v in kwargs.items() if "__" not in k}
     other.setdefault("process_index", 0)
     other.setdefault("process_count", 1)
-    return batching.build_train_loader(make_cfg(**cfg_overrides), records, seed=seed, **other)
+    cfg = make_cfg(**cfg_overrides)
+    return loaders.build_train_loader(cfg, records, *specs_for(cfg), seed=seed, **other)
 
 
 def take(iterator, n: int) -> list[dict]:
@@ -192,7 +204,7 @@ def test_pixels_boxes_masks_match_detectron2_mapper(records):
             assert list(batch["gt_classes"][i, :len(annos)]) == [a["category_id"] for a in annos]
             for g, anno in enumerate(annos):
                 full = _transformed_mask(anno["segmentation"], transforms, record, (h, w))
-                pasted = batching.paste_box_mask(batch["gt_masks"][i, g], batch["gt_boxes"][i, g], (h, w))
+                pasted = masks.paste_box_mask(batch["gt_masks"][i, g], batch["gt_boxes"][i, g], (h, w))
                 ious.append((full & pasted).sum() / (full | pasted).sum())
     assert min(ious) > 0.9, min(ious)
 
@@ -262,22 +274,16 @@ def test_filters_and_max_instances(records, caplog):
     assert len(keep_all.dataset_dicts) == len(records)
     assert len(keep_all.buckets) == 1 and keep_all.buckets[0][0] == keep_all.buckets[0][1]
     crowd_only, empty, crowded = (records.index(r) for r in records[-3:])
-    batching._WARNED.discard("max_instances")
-    with caplog.at_level(logging.WARNING, logger="jaxseg.data.batching"):
+    mappers._WARNED.discard("max_instances")
+    with caplog.at_level(logging.WARNING, logger="jaxseg.data.mappers"):
         for index in (crowd_only, empty, crowded):
             sample = keep_all.mapper((0, 0, index))
             n = len(sample["classes"])
             assert n == (G if index == crowded else 0)
             assert sample["masks"].shape == (n, S, S) and sample["boxes"].shape == (n, 4)
     assert "keeping the first 5" in caplog.text
-    batch = batching.collate_train([keep_all.mapper((0, 0, empty))], keep_all.buckets[0], G, S)
+    batch = mappers.collate_train([keep_all.mapper((0, 0, empty))], keep_all.buckets[0], G, TargetSpec(S))
     assert not batch["gt_valid"].any()
-
-
-def test_no_masks_without_mask_on(records):
-    loader = loader_for(records, MODEL__MASK_ON=False, INPUT__RANDOM_FLIP="none", num_workers=0)
-    batch = loader.load_batch(0)
-    assert "gt_masks" not in batch and batch["gt_valid"].any()
 
 
 def test_errors_reach_the_consumer(records, tmp_path):
@@ -292,7 +298,7 @@ def test_errors_reach_the_consumer(records, tmp_path):
     with pytest.raises(UserError, match="CROP"):
         cfg = make_cfg()
         cfg.INPUT.CROP.ENABLED = True
-        batching.build_train_loader(cfg, records, seed=0, process_index=0, process_count=1)
+        loaders.build_train_loader(cfg, records, *specs_for(cfg), seed=0, process_index=0, process_count=1)
 
 
 def test_close_stops_threads(records):
@@ -331,7 +337,8 @@ def test_repeat_factor_sampler(records):
 
 def test_test_loader(records):
     cfg = make_cfg()
-    items = list(batching.build_test_loader(cfg, records, process_index=0, process_count=1))
+    spec = specs_for(cfg)[0]
+    items = list(loaders.build_test_loader(cfg, records, spec, process_index=0, process_count=1))
     assert [it["image_id"] for it in items] == [r["image_id"] for r in records]
     for item, record in zip(items, records):
         image = item["image"]
@@ -343,5 +350,6 @@ def test_test_loader(records):
         np.testing.assert_array_equal(image[0, :h, :w], expected)
         assert not image[0, h:].any() and not image[0, :, w:].any()
         assert item["file_name"] == record["file_name"]
-    shard = batching.build_test_loader(cfg, records, process_index=1, process_count=3)
+        np.testing.assert_array_equal(image, spec.prepare_test_image(read_image(record["file_name"]))[0])  # predictor's
+    shard = loaders.build_test_loader(cfg, records, spec, process_index=1, process_count=3)
     assert [r["image_id"] for r in shard.dataset_dicts] == [r["image_id"] for r in records[1::3]]

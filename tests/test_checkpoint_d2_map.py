@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxseg.checkpoint.detectron2 import convert_state_dict, d2_name_to_path, path_to_d2_name
+from jaxseg.checkpoint.adapters import convert_state_dict
+from jaxseg.checkpoint.detectron2 import DETECTRON2, d2_name_to_path, path_to_d2_name
 from jaxseg.errors import UserError
 
 
@@ -49,7 +50,7 @@ def _state_dict(num_cls=4):
 
 def test_layouts_and_every_tensor_used():
     sd = _state_dict()
-    out = convert_state_dict(sd, TARGET, source="t.pkl")
+    out = convert_state_dict(sd, TARGET, DETECTRON2, source="t.pkl")
     np.testing.assert_array_equal(out["params"]["a"]["conv"]["kernel"], sd["a.conv.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(out["params"]["a"]["fc"]["kernel"], sd["a.fc.weight"].T)
     np.testing.assert_array_equal(out["batch_stats"]["a"]["conv"]["norm"]["running_var"], sd["a.conv.norm.running_var"])
@@ -61,7 +62,7 @@ def test_one_error_lists_missing_unexpected_and_misshaped():
     sd["a.extra.weight"] = np.zeros((2, 2), np.float32)
     sd["a.conv.weight"] = np.zeros((8, 4, 1, 1), np.float32)
     with pytest.raises(UserError) as e:
-        convert_state_dict(sd, TARGET, source="ckpt.pth")
+        convert_state_dict(sd, TARGET, DETECTRON2, source="ckpt.pth")
     msg = str(e.value)
     for needle in ("ckpt.pth", "missing: a.fc.bias", "unexpected: a.extra.weight", "a.conv.weight"):
         assert needle in msg
@@ -69,7 +70,8 @@ def test_one_error_lists_missing_unexpected_and_misshaped():
 
 def test_num_classes_mismatch_reinitialises_predictor_with_warning(caplog):
     with caplog.at_level(logging.WARNING):
-        out = convert_state_dict(_state_dict(num_cls=81), TARGET, source="t.pkl")
+        out = convert_state_dict(_state_dict(num_cls=81), TARGET, DETECTRON2, source="t.pkl",
+                                 reinit_class_dependent=True)
     assert out["params"]["roi_heads"]["box_predictor"]["cls_score"]["kernel"].shape == (5, 4)
     assert not out["params"]["roi_heads"]["box_predictor"]["cls_score"]["bias"].any()
     assert "re-initialising" in caplog.text and "cls_score" in caplog.text

@@ -174,9 +174,10 @@ def test_defaults_keep_detectron2_values_and_types() -> None:
     assert cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS == (512,) * 8
     assert cfg.SOLVER.WEIGHT_DECAY_BIAS is None and cfg.SOLVER.WARMUP_FACTOR == 0.001
     assert cfg.TEST.AUG.ENABLED is False and cfg.SOLVER.AMP.ENABLED is False
-    # detectron2 defaults.py has 192 keys; jaxseg adds 5 (SOLVER.LOG_PERIOD, MODEL.FSDP, MODEL.KERNELS,
-    # DATALOADER.MAX_GT_INSTANCES, INPUT.GT_MASK_RESOLUTION)
-    assert len(flat(cfg)) == len(cfg.full_keys()) == 192 + 5
+    # detectron2 defaults.py has 192 keys; jaxseg adds 6 (SOLVER.LOG_PERIOD, MODEL.FSDP, MODEL.KERNELS,
+    # DATALOADER.MAX_GT_INSTANCES, INPUT.GT_MASK_RESOLUTION, TEST.BUCKETS)
+    assert len(flat(cfg)) == len(cfg.full_keys()) == 192 + 6
+    assert cfg.TEST.BUCKETS == ()
 
 
 def test_get_cfg_returns_independent_copies() -> None:
@@ -187,14 +188,14 @@ def test_get_cfg_returns_independent_copies() -> None:
 
 
 def test_add_config_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "_EXTENSIONS", [])
+    monkeypatch.setattr(config.config, "_EXTENSIONS", [])  # the registry lives in jaxseg/config/config.py
 
     @add_config
     def add_tensormask(cfg: config.CfgNode) -> None:
         cfg.MODEL.TENSOR_MASK = config.CfgNode({"NUM_CONVS": 4, "MASK_LOSS_WEIGHT": 2.0})
 
     add_config(add_tensormask)  # a second registration is ignored
-    assert config._EXTENSIONS == [add_tensormask]
+    assert config.config._EXTENSIONS == [add_tensormask]
     path = write(tmp_path / "tm.yaml", "MODEL:\n  TENSOR_MASK:\n    NUM_CONVS: 2\n")
     cfg = setup_cfg(path, ["MODEL.TENSOR_MASK.MASK_LOSS_WEIGHT", "1"])
     assert cfg.MODEL.TENSOR_MASK.NUM_CONVS == 2 and cfg.MODEL.TENSOR_MASK.MASK_LOSS_WEIGHT == 1.0

@@ -50,33 +50,45 @@ def test_ffi_is_the_default_on_cpu():
     assert _dispatch.resolve("paste_masks", None) is ffi.paste_masks_ffi
 
 
-def test_set_default_forces_an_implementation():
-    try:
-        _dispatch.set_default("xla")
-        assert _dispatch.resolve("nms", None).__name__ == "nms_xla"
-        assert _dispatch.resolve("nms", "ffi" if ffi.is_built() else "xla") is not None  # explicit names still win
-        with pytest.raises(UserError, match=r"MODEL.KERNELS 'cuda'.*xla"):
-            _dispatch.set_default("cuda")
-    finally:
-        _dispatch.set_default("")
-    assert _dispatch.get_default() is None
+def test_a_name_another_op_has_falls_back_to_automatic():
+    assert _dispatch.resolve("nms", "xla").__name__ == "nms_xla"
+    with pytest.raises(UserError, match=r"MODEL.KERNELS 'cuda'.*xla"):
+        _dispatch.check_name("cuda")
+    _dispatch.check_name("")  # automatic
 
 
-def test_build_model_applies_model_kernels():
+def _lowered_text(kernels: str) -> str:
+    from jaxseg.config import setup_cfg
+    from jaxseg.models.registry import build_model
+
+    config = os.path.join(os.path.dirname(__file__), "..", "configs", "quickstart", "shapes_mask_rcnn.yaml")
+    model = build_model(setup_cfg(config, ["MODEL.KERNELS", kernels]))
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *model.init_args()))
+    images, hw = model.init_args()
+    outputs = jax.eval_shape(model.apply, variables, images, hw)
+    text = jax.jit(model.apply).lower(variables, images, hw).as_text()
+    text += jax.jit(model.postprocess, static_argnames="canvas_hw").lower(outputs, hw, hw, canvas_hw=(64, 64)).as_text()
+    return text
+
+
+@needs_ffi
+def test_kernel_choice_is_a_model_value_not_a_global():
+    """Two models with different MODEL.KERNELS in one process each lower their own kernels."""
+    with_ffi, with_xla = _lowered_text("ffi"), _lowered_text("xla")
+    for target in ("jaxseg_nms", "jaxseg_roi_align_fwd", "jaxseg_paste_masks"):
+        assert target in with_ffi
+        assert target not in with_xla
+    assert "jaxseg_nms" in _lowered_text("ffi")  # building the xla model changed nothing for the next one
+
+
+def test_build_model_refuses_an_unknown_kernel_name():
     from jaxseg.config import setup_cfg
     from jaxseg.models.registry import build_model
 
     config = os.path.join(os.path.dirname(__file__), "..", "configs", "COCO-InstanceSegmentation",
                           "mask_rcnn_R_50_FPN_3x.yaml")
-    try:
-        build_model(setup_cfg(config, ["MODEL.KERNELS", "xla"]))
-        assert _dispatch.get_default() == "xla"
-        build_model(setup_cfg(config, []))
-        assert _dispatch.get_default() is None
-        with pytest.raises(UserError, match="MODEL.KERNELS 'cuda'"):
-            build_model(setup_cfg(config, ["MODEL.KERNELS", "cuda"]))
-    finally:
-        _dispatch.set_default("")
+    with pytest.raises(UserError, match="MODEL.KERNELS 'cuda'"):
+        build_model(setup_cfg(config, ["MODEL.KERNELS", "cuda"]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,11 +7,11 @@ import optax
 import pytest
 
 from jaxseg.config import setup_cfg
-from jaxseg.engine.optim import build_optimizer, frozen_stages, is_frozen, lr_schedule, stop_frozen_gradients
-from jaxseg.errors import UserError
-from jaxseg.models.matcher import match, pairwise_iou
-from jaxseg.models.roi_heads import label_and_sample_proposals, mask_targets
-from jaxseg.models.sampling import subsample_labels
+from jaxseg.engine.optim import build_optimizer, lr_schedule, stop_frozen_gradients
+from jaxseg.engine.train import frozen_mask
+from jaxseg.models.ops.matcher import match, pairwise_iou
+from jaxseg.models.ops.sampling import subsample_labels
+from jaxseg.models.rcnn.roi_heads import label_and_sample_proposals, mask_targets
 
 
 def test_pairwise_iou_detectron2_vectors():
@@ -87,8 +87,10 @@ def test_lr_schedule_warmup_and_steps():
     np.testing.assert_allclose(float(lr(50)), 0.02 * (0.001 * 0.5 + 0.5), rtol=1e-5)
     np.testing.assert_allclose([float(lr(s)) for s in (100, 199, 200, 299, 300)],
                                [0.02, 0.02, 0.002, 0.002, 0.0002], rtol=1e-5)
-    with pytest.raises(UserError, match="MAX_ITER"):
-        lr_schedule(_cfg("SOLVER.STEPS", "(500,)", "SOLVER.MAX_ITER", "400"))
+    # steps beyond MAX_ITER are dropped (with a warning, tested in test_config_unsupported.py), as detectron2 does
+    np.testing.assert_allclose(float(lr_schedule(_cfg("SOLVER.STEPS", "(500,)", "SOLVER.MAX_ITER", "400",
+                                                          "SOLVER.WARMUP_ITERS", "0"))(399)),
+                               float(_cfg().SOLVER.BASE_LR), rtol=1e-6)
 
 
 def test_optimizer_weight_decay_groups_and_freeze():
@@ -99,7 +101,7 @@ def test_optimizer_weight_decay_groups_and_freeze():
                                          "res3_0": {"conv1": {"kernel": jnp.ones(2),
                                                               "norm": {"weight": jnp.ones(2)}}}}},
               "roi_heads": {"fc": {"bias": jnp.ones(2)}}}
-    tx = build_optimizer(cfg, params)
+    tx = build_optimizer(cfg, params, frozen_mask(_model(cfg), params))
     grads = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(grads, tx.init(params), params)
     new = optax.apply_updates(params, updates)
@@ -109,8 +111,21 @@ def test_optimizer_weight_decay_groups_and_freeze():
     np.testing.assert_allclose(bu["res3_0"]["conv1"]["kernel"], 0.9)     # decayed by lr * wd
     np.testing.assert_allclose(bu["res3_0"]["conv1"]["norm"]["weight"], 1.0)  # WEIGHT_DECAY_NORM 0
     np.testing.assert_allclose(new["roi_heads"]["fc"]["bias"], 0.9)     # bias: same as WEIGHT_DECAY
-    assert is_frozen(("backbone", "bottom_up", "res2_2", "conv3", "kernel"), frozen_stages(2))
-    assert not is_frozen(("backbone", "fpn_lateral2", "kernel"), frozen_stages(5))
+    model = _model(cfg)
+    assert model.is_frozen(("backbone", "bottom_up", "res2_2", "conv3", "kernel"))
+    assert not model.is_frozen(("backbone", "bottom_up", "res3_0", "conv1", "kernel"))
+    assert not _model(_cfg("MODEL.BACKBONE.FREEZE_AT", "5")).is_frozen(("backbone", "fpn_lateral2", "kernel"))
+
+
+def _model(cfg):
+    """The R50-FPN model with cfg's FREEZE_AT (only its is_frozen is used)."""
+    import os
+
+    from jaxseg.models.registry import build_model
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = os.path.join(root, "configs", "COCO-InstanceSegmentation", "mask_rcnn_R_50_FPN_3x.yaml")
+    return build_model(setup_cfg(config, ["MODEL.BACKBONE.FREEZE_AT", str(cfg.MODEL.BACKBONE.FREEZE_AT)]))
 
 
 def test_stop_frozen_gradients_zero_only_frozen_stages():
@@ -125,12 +140,13 @@ def test_stop_frozen_gradients_zero_only_frozen_stages():
         return x * bu["res3_0"]["conv1"]["kernel"] * p["roi_heads"]["fc"]["bias"]
 
     full = jax.grad(loss)(params)
-    grads = jax.grad(lambda p: loss(stop_frozen_gradients(p, 2)))(params)
+    frozen = frozen_mask(_model(_cfg("MODEL.BACKBONE.FREEZE_AT", "2")), params)
+    grads = jax.grad(lambda p: loss(stop_frozen_gradients(p, frozen)))(params)
     bu = grads["backbone"]["bottom_up"]
     assert float(bu["stem"]["conv1"]["kernel"]) == 0.0 and float(bu["res2_0"]["conv1"]["kernel"]) == 0.0
     assert float(bu["res3_0"]["conv1"]["kernel"]) == float(full["backbone"]["bottom_up"]["res3_0"]["conv1"]["kernel"])
     assert float(grads["roi_heads"]["fc"]["bias"]) == float(full["roi_heads"]["fc"]["bias"]) == 24.0
-    assert float(loss(stop_frozen_gradients(params, 2))) == float(loss(params))
+    assert float(loss(stop_frozen_gradients(params, frozen))) == float(loss(params))
 
 
 @pytest.mark.parametrize("fg_counts", [(3, 1), (4, 5), (9, 16)])

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from jaxseg.config import setup_cfg
-from jaxseg.data.batching import build_train_loader
 from jaxseg.data.catalog import get_dataset_dicts, list_datasets
 from jaxseg.data.coco import register_coco_instances
+from jaxseg.data.loaders import build_train_loader
 from jaxseg.data.shapes import prepare
 from jaxseg.engine import sharding as shd
 from jaxseg.engine.train import init_train_state, make_train_step, train
@@ -87,7 +87,8 @@ def test_sharded_step_equals_single_device(tiny_shapes, tmp_path):
     assert jax.device_count() >= 8, "conftest sets 8 fake CPU devices"
     cfg = tiny_cfg(tiny_shapes, tmp_path, "SOLVER.IMS_PER_BATCH", "8")
     model = build_model(cfg)
-    loader = build_train_loader(cfg, get_dataset_dicts(tiny_shapes), seed=0, num_workers=0)
+    loader = build_train_loader(cfg, get_dataset_dicts(tiny_shapes), model.input_spec, model.target_spec, seed=0,
+                                num_workers=0)
     batch = loader.load_batch(0)
     results = {}
     for n in (1, 8):
@@ -103,3 +104,10 @@ def test_sharded_step_equals_single_device(tiny_shapes, tmp_path):
     for leaf in jax.tree.leaves(results[8][2].params)[:20]:
         shards = [np.asarray(s.data) for s in leaf.addressable_shards]
         assert len(shards) == 8 and all(np.array_equal(shards[0], s) for s in shards[1:])
+
+
+def test_checkpoint_period_zero_saves_only_the_final_state(tiny_shapes, tmp_path):
+    """CHECKPOINT_PERIOD 0 (no periodic checkpoints) used to divide by zero at the first step."""
+    train(tiny_cfg(tiny_shapes, tmp_path, "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "0",
+                   "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "0"))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]

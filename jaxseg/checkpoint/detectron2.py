@@ -4,21 +4,20 @@
 `....conv1.norm.running_mean`                    ->  batch_stats/backbone/bottom_up/res2_0/conv1/norm/running_mean
 Linear weights are transposed; 4-D weights go OIHW -> HWIO (a ConvTranspose2d weight (in, out, kh, kw)
 becomes (kh, kw, out, in), the layout of flax's ConvTranspose with transpose_kernel=True).
-Every checkpoint tensor is consumed or explicitly ignored; anything else is reported in one UserError.
+The converter itself is the generic one of :mod:`jaxseg.checkpoint.adapters`; this module holds detectron2's
+rules and registers them as the "detectron2" adapter (GeneralizedRCNN's `checkpoint_adapter`).
 """
 
 from __future__ import annotations
 
-import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
-from flax.traverse_util import flatten_dict, unflatten_dict
 
-from jaxseg.errors import UserError
-
-logger = logging.getLogger(__name__)
+from jaxseg.checkpoint.adapters import CheckpointAdapter, register_adapter
+from jaxseg.checkpoint.c2_names import align_to_model_keys
 
 NORM_BUFFERS = ("weight", "bias", "running_mean", "running_var")
 # tensors a detectron2 checkpoint may carry that the model does not use
@@ -26,8 +25,10 @@ IGNORED = (
     re.compile(r"^pixel_(mean|std)$"),
     re.compile(r"(^|\.)anchor_generator\.cell_anchors\.\d+$"),
     re.compile(r"\.num_batches_tracked$"),
+    re.compile(r"^fc1000\.(weight|bias)$"),  # the ImageNet classifier of ImageNetPretrained/MSRA/R-*.pkl
 )
-# layers whose shape follows NUM_CLASSES: re-initialised (with a warning) when the class count differs
+# layers whose shape follows NUM_CLASSES: re-initialised (with a warning) at training init when the class count
+# differs, an error at inference
 CLASS_DEPENDENT = re.compile(r"(box_predictor\.(cls_score|bbox_pred)|mask_head\.predictor)\.(weight|bias)$")
 
 
@@ -73,58 +74,38 @@ def init_class_dependent(name: str, shape: tuple[int, ...], seed: int = 0) -> np
     return np.random.default_rng(seed).normal(0.0, std, shape).astype(np.float32)
 
 
-def convert_state_dict(
-    state_dict: Mapping[str, np.ndarray],
-    target: Mapping,  # ShapeDtypeStructs, or initial arrays when allow_missing
-    *,
-    source: str,
-    allow_missing: bool = False,
-) -> dict:
-    """Fill the variable tree `target` (arrays or ShapeDtypeStructs, e.g. from jax.eval_shape(model.init, ...))
-    from a detectron2-named state dict. Returns a nested dict of numpy float32 arrays with the structure of target.
+def classes_in(name: str, shape: tuple[int, ...]) -> int | None:
+    """The class count a predictor tensor (PyTorch layout: outputs first) encodes: cls_score K + 1 (background),
+    bbox_pred 4 K, the mask predictor K."""
+    if not shape:
+        return None
+    if "cls_score" in name:
+        return shape[0] - 1
+    if "bbox_pred" in name:
+        return shape[0] // 4 if shape[0] % 4 == 0 else None
+    if "mask_head.predictor" in name:
+        return shape[0]
+    return None
 
-    Missing (unless allow_missing), unexpected or mis-shaped tensors raise one UserError that lists them all.
-    A class-count mismatch in the predictor layers re-initialises those layers, with a warning, as detectron2 does.
-    """
-    want = flatten_dict(dict(target))
-    got: dict[tuple[str, ...], np.ndarray] = {}
-    unexpected, misshaped, reinit = [], [], []
-    for name, value in state_dict.items():
-        if any(p.search(name) for p in IGNORED):
-            continue
-        path = d2_name_to_path(name)
-        if path not in want and path[0] == "batch_stats" and ("params", *path[1:]) in want:
-            path = ("params", *path[1:])  # a learned norm (GroupNorm): weight/bias are parameters
-        if path not in want:
-            unexpected.append(f"{name} {tuple(np.shape(value))}")
-            continue
-        value = to_flax_layout(np.asarray(value), path)
-        if tuple(value.shape) != tuple(want[path].shape):
-            if CLASS_DEPENDENT.search(name):
-                reinit.append(name)
-                got[path] = init_class_dependent(name, tuple(want[path].shape))
-                continue
-            got[path] = None  # present, but unusable: reported as mis-shaped, not missing
-            misshaped.append(f"{name}: checkpoint {tuple(value.shape)} vs model {tuple(want[path].shape)} "
-                             f"(Flax layout)")
-            continue
-        got[path] = value.astype(np.float32)
-    missing = [path_to_d2_name(p) for p in want if p not in got]
-    problems = []
-    if missing and not allow_missing:
-        problems.append(f"{len(missing)} missing: " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: " + ", ".join(unexpected[:20])
-                        + (" ..." if len(unexpected) > 20 else ""))
-    if misshaped:
-        problems.append(f"{len(misshaped)} with the wrong shape: " + "; ".join(misshaped[:20]))
-    if problems:
-        raise UserError(f"{source} does not fit this model ({'; '.join(problems)}). Is it a checkpoint of the "
-                        "architecture in the config?")
-    if reinit:
-        logger.warning("%s: class count differs; re-initialising %s", source, ", ".join(reinit))
-    if missing:
-        logger.warning("%s: %d model tensors not in the checkpoint keep their initial values: %s",
-                       source, len(missing), ", ".join(missing[:10]))
-    out = {p: got.get(p, want[p]) for p in want}
-    return unflatten_dict(out)
+
+def align_c2_names(state_dict: dict[str, np.ndarray], ckpt: Mapping[str, Any],
+                   target_paths: Sequence[tuple[str, ...]]) -> dict[str, np.ndarray]:
+    """detectron2's matching heuristics (Caffe2 / pycls files, `?matching_heuristics=True`): checkpoint keys
+    fill the model keys they end."""
+    if not ckpt.get("matching_heuristics"):
+        return state_dict
+    return align_to_model_keys([path_to_d2_name(p) for p in target_paths], state_dict)
+
+
+DETECTRON2 = register_adapter(CheckpointAdapter(
+    name="detectron2",
+    to_path=d2_name_to_path,
+    to_name=path_to_d2_name,
+    to_layout=to_flax_layout,
+    ignored=IGNORED,
+    class_dependent=CLASS_DEPENDENT,
+    init_class_dependent=init_class_dependent,
+    classes_in=classes_in,
+    num_classes_key="MODEL.ROI_HEADS.NUM_CLASSES",
+    prepare=align_c2_names,
+))

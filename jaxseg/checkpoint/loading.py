@@ -1,4 +1,8 @@
-"""load_weights: MODEL.WEIGHTS (a .pkl, a .pth or a converted directory) -> Flax variables for the model."""
+"""load_weights: MODEL.WEIGHTS (a .pkl, a .pth, a converted directory or a zoo name) -> Flax variables.
+
+Checkpoint files go through the model's checkpoint adapter (`model.checkpoint_adapter`, see
+jaxseg.checkpoint.adapters); zoo names such as detectron2://... through jaxseg.checkpoint.catalog.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,9 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-from flax.traverse_util import flatten_dict
 
-from jaxseg.checkpoint.c2_names import align_to_model_keys
-from jaxseg.checkpoint.detectron2 import convert_state_dict, path_to_d2_name
+from jaxseg.checkpoint.adapters import convert_state_dict, get_adapter
+from jaxseg.checkpoint.catalog import resolve_weights_path
 from jaxseg.checkpoint.orbax_io import restore_variables
 from jaxseg.checkpoint.readers import read_checkpoint
 from jaxseg.errors import UserError
@@ -18,33 +20,29 @@ from jaxseg.errors import UserError
 
 def abstract_variables(model) -> dict[str, Any]:
     """Shapes/dtypes of the model's variables, without running anything (jax.eval_shape of init)."""
-    images = jnp.zeros((1, 64, 64, 3), jnp.float32)
-    hw = jnp.array([[64, 64]], jnp.int32)
-    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images, hw, hw))
+    return jax.eval_shape(model.init, jax.random.PRNGKey(0), *model.init_args())
 
 
 def load_weights(cfg, path: str | None = None, model=None, initial: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Variables for the model of `cfg` from `path` (default cfg.MODEL.WEIGHTS).
+    """Variables for the model of `cfg` (or `model`) from `path` (default cfg.MODEL.WEIGHTS).
 
-    Strict (every model tensor must come from the file) unless `initial` variables are given: then tensors
-    the file lacks keep their initial values (training from ImageNet weights), with a warning.
+    Strict (every model tensor must come from the file, with the model's class count) unless `initial`
+    variables are given (training init): then tensors the file lacks keep their initial values and predictor
+    layers of another class count are re-initialised, as detectron2 fine-tuning does, each with a warning.
     """
     from jaxseg.models.registry import build_model
 
     path = cfg.MODEL.WEIGHTS if path is None else path
-    model = build_model(cfg) if model is None else model
-    target = abstract_variables(model) if initial is None else initial
     if not path:
         raise UserError("MODEL.WEIGHTS is empty: give a .pkl/.pth checkpoint or a converted directory, "
                         "e.g. MODEL.WEIGHTS model_final_f10217.pkl")
-    if "://" in path:
-        raise UserError(f"MODEL.WEIGHTS {path!r} is a URL; jaxseg does not download: fetch the file and give "
-                        "its local path")
-    if os.path.isdir(path):
-        return restore_variables(path, abstract_variables(model))
-    ckpt = read_checkpoint(path)
-    state_dict = ckpt["model"]
-    if ckpt.get("matching_heuristics"):
-        names = [path_to_d2_name(p) for p in flatten_dict(dict(target))]
-        state_dict = align_to_model_keys(names, state_dict)
-    return convert_state_dict(state_dict, target, source=path, allow_missing=initial is not None)
+    local = resolve_weights_path(path)
+    model = build_model(cfg) if model is None else model
+    if os.path.isdir(local):
+        return restore_variables(local, abstract_variables(model))
+    adapter = get_adapter(model.checkpoint_adapter)
+    target = abstract_variables(model) if initial is None else initial
+    ckpt = read_checkpoint(local)
+    training = initial is not None
+    return convert_state_dict(ckpt["model"], target, adapter, source=local, ckpt=ckpt, allow_missing=training,
+                              reinit_class_dependent=training, num_classes=getattr(model, "num_classes", None))

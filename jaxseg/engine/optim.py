@@ -7,6 +7,7 @@ parameters frozen by MODEL.BACKBONE.FREEZE_AT never move.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -18,14 +19,17 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from jaxseg.errors import UserError
 
+logger = logging.getLogger(__name__)
+
 
 def lr_schedule(cfg) -> Callable[[jax.Array], jax.Array]:
     """Learning rate at each iteration: the main schedule times the warmup factor."""
     s = cfg.SOLVER
-    base, steps, gamma, max_iter = s.BASE_LR, tuple(s.STEPS), s.GAMMA, s.MAX_ITER
-    bad = [x for x in steps if x > max_iter]
-    if bad:
-        raise UserError(f"SOLVER.STEPS {bad} lie beyond SOLVER.MAX_ITER {max_iter}")
+    base, gamma, max_iter = s.BASE_LR, s.GAMMA, s.MAX_ITER
+    steps = tuple(x for x in s.STEPS if x <= max_iter)
+    if len(steps) != len(s.STEPS):  # as detectron2: e.g. a zoo config run with a short SOLVER.MAX_ITER
+        dropped = [x for x in s.STEPS if x > max_iter]
+        logger.warning("SOLVER.STEPS %s lie beyond SOLVER.MAX_ITER %d and are ignored", dropped, max_iter)
     name = s.LR_SCHEDULER_NAME
 
     def main(step):
@@ -59,23 +63,13 @@ def is_norm_param(path: tuple[str, ...]) -> bool:
     return "norm" in path[:-1]
 
 
-def frozen_stages(freeze_at: int) -> frozenset[str]:
-    """detectron2's FREEZE_AT: 1 freezes the stem, 2 also res2, ... (0: nothing)."""
-    return frozenset(["stem", "res2", "res3", "res4", "res5"][:max(freeze_at, 0)])
-
-
-def is_frozen(path: tuple[str, ...], stages: frozenset[str]) -> bool:
-    """backbone/bottom_up/res2_0/... belongs to stage res2."""
-    return len(path) > 2 and path[:2] == ("backbone", "bottom_up") and path[2].split("_")[0] in stages
-
-
-def stop_frozen_gradients(params: dict, freeze_at: int) -> dict:
-    """params with the frozen stages behind stop_gradient: autodiff then skips their backward pass
-    (weight gradients and the input gradients below the first trainable stage) instead of computing
-    gradients the optimizer throws away."""
-    stages = frozen_stages(freeze_at)
-    flat = {p: jax.lax.stop_gradient(v) if is_frozen(p, stages) else v for p, v in flatten_dict(params).items()}
-    return unflatten_dict(flat)
+def stop_frozen_gradients(params: dict, frozen: dict | None) -> dict:
+    """params with the frozen ones (a bool tree like params, from the model's is_frozen) behind stop_gradient:
+    autodiff then skips their backward pass (weight gradients and the input gradients below the first
+    trainable stage) instead of computing gradients the optimizer throws away."""
+    if frozen is None:
+        return params
+    return jax.tree.map(lambda v, f: jax.lax.stop_gradient(v) if f else v, params, frozen)
 
 
 def clip_per_leaf_norm(max_norm: float) -> optax.GradientTransformation:
@@ -93,8 +87,9 @@ def clip_per_leaf_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def build_optimizer(cfg, params: dict) -> optax.GradientTransformation:
-    """optax chain equivalent to detectron2's SGD with its parameter groups."""
+def build_optimizer(cfg, params: dict, frozen: dict | None = None) -> optax.GradientTransformation:
+    """optax chain equivalent to detectron2's SGD with its parameter groups; `frozen` (a bool tree like
+    params) marks the parameters that never move (FREEZE_AT, as the model declares it)."""
     s = cfg.SOLVER
     chain = []
     if s.CLIP_GRADIENTS.ENABLED:
@@ -121,8 +116,6 @@ def build_optimizer(cfg, params: dict) -> optax.GradientTransformation:
     chain.append(optax.sgd(lr_schedule(cfg), momentum=s.MOMENTUM or None, nesterov=s.NESTEROV))
     if s.BIAS_LR_FACTOR != 1.0:
         chain.append(optax.masked(optax.scale(s.BIAS_LR_FACTOR), _label_tree(params, lambda p: p[-1] == "bias")))
-    stages = frozen_stages(cfg.MODEL.BACKBONE.FREEZE_AT)
-    frozen = _label_tree(params, lambda p: is_frozen(p, stages))
-    if any(jax.tree.leaves(frozen)):
+    if frozen is not None and any(jax.tree.leaves(frozen)):
         chain.append(optax.masked(optax.set_to_zero(), frozen))
     return optax.chain(*chain)

@@ -25,14 +25,14 @@ from jaxseg.engine.optim import build_optimizer, lr_schedule, stop_frozen_gradie
 from jaxseg.errors import UserError
 
 logger = logging.getLogger(__name__)
-TARGET_KEYS = ("gt_boxes", "gt_classes", "gt_valid", "gt_masks")
 
 
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
     params: Any
-    batch_stats: Any  # fixed buffers (FrozenBN); not trained
+    batch_stats: Any  # the other variable collections: fixed buffers (FrozenBN) or, for the model's
+    #                   train_collections() (trainable BatchNorm), statistics updated by each step
     opt_state: Any
 
 
@@ -41,18 +41,21 @@ def initial_variables(cfg, model, seed: int) -> dict:
     MODEL.WEIGHTS on top when set (ImageNet R-50.pkl or any checkpoint; missing heads keep their init)."""
     from jaxseg.checkpoint.loading import load_weights
 
-    images = jnp.zeros((1, 64, 64, 3), jnp.float32)
-    hw = jnp.array([[64, 64]], jnp.int32)
-    variables = jax.jit(model.init)(jax.random.PRNGKey(seed), images, hw, hw)
+    try:
+        variables = jax.jit(model.init)(jax.random.PRNGKey(seed), *model.init_args())
+    except ValueError as e:  # a config value the modules reject while building their layers
+        raise UserError(f"config: {e}") from None
     variables = jax.tree.map(np.asarray, variables)
     if cfg.MODEL.WEIGHTS:
         variables = load_weights(cfg, cfg.MODEL.WEIGHTS, model=model, initial=variables)
-    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    others = {k: v for k, v in variables.items() if k != "params"}
+    return {"params": variables["params"], "batch_stats": others.get("batch_stats", {}),
+            **{k: v for k, v in others.items() if k != "batch_stats"}}
 
 
 def init_train_state(cfg, model, mesh, seed: int) -> tuple[TrainState, optax.GradientTransformation]:
     variables = initial_variables(cfg, model, seed)
-    tx = build_optimizer(cfg, variables["params"])
+    tx = build_optimizer(cfg, variables["params"], frozen_mask(model, variables["params"]))
     state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                        batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]))
     return jax.device_put(state, state_sharding(cfg, mesh, state)), tx
@@ -71,25 +74,28 @@ def state_sharding(cfg, mesh, state: TrainState):
 def make_train_step(cfg, model, tx, mesh, state: TrainState, base_key: jax.Array) -> Callable:
     """jit(step)(state, batch) -> (state, metrics); batch sharded over `data`, state as state_sharding."""
     schedule = lr_schedule(cfg)
-    compute_dtype = jnp.bfloat16 if cfg.SOLVER.AMP.ENABLED else jnp.float32
+    frozen = frozen_mask(model, state.params)
+    keys = ("images", "image_hw", *model.target_spec.keys())
+    mutable = list(model.train_collections())
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(base_key, state.step)
-        targets = {k: batch[k] for k in TARGET_KEYS}
+        inputs = {k: batch[k] for k in keys}
 
         def loss_fn(params):
-            p = stop_frozen_gradients(params, cfg.MODEL.BACKBONE.FREEZE_AT)
-            p = jax.tree.map(lambda x: x.astype(compute_dtype), p)
-            losses = model.apply({"params": p, "batch_stats": state.batch_stats}, key,
-                                 batch["images"].astype(compute_dtype), batch["image_hw"], targets,
-                                 method=model.losses)
+            variables = {"params": stop_frozen_gradients(params, frozen), "batch_stats": state.batch_stats}
+            if mutable:
+                losses, updated = model.apply(variables, key, inputs, method=model.losses, mutable=mutable)
+            else:
+                losses, updated = model.apply(variables, key, inputs, method=model.losses), {}
             losses = {k: v.astype(jnp.float32) for k, v in losses.items()}
-            return sum(losses.values()), losses
+            return sum(losses.values()), (losses, updated)
 
-        (total, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (total, (losses, updated)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        batch_stats = updated.get("batch_stats", state.batch_stats)
+        new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
         finite = jnp.isfinite(total) & jnp.isfinite(optax.global_norm(params))
         new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)  # never apply a non-finite step
         return new, {"total_loss": jnp.where(finite, total, jnp.nan), **losses, "lr": schedule(state.step)}
@@ -100,16 +106,22 @@ def make_train_step(cfg, model, tx, mesh, state: TrainState, base_key: jax.Array
 
 
 class MetricsWriter:
-    """OUTPUT_DIR/metrics.json (one json object per logged step, as detectron2) and TensorBoard scalars."""
+    """OUTPUT_DIR/metrics.json (one json object per logged step, as detectron2) and TensorBoard scalars.
 
-    def __init__(self, output_dir: str, resume_step: int = 0):
+    Only process 0 of a multi-process run writes (`enabled` defaults to that); elsewhere every call is a no-op.
+    """
+
+    def __init__(self, output_dir: str, resume_step: int = 0, enabled: bool | None = None):
         self.path = os.path.join(output_dir, "metrics.json")
+        self.enabled = jax.process_index() == 0 if enabled is None else bool(enabled)
+        self.tb = None
+        if not self.enabled:
+            return
         if os.path.exists(self.path):  # drop entries past the resume point (a resumed run rewrites them)
             with open(self.path) as f:
                 kept = [ln for ln in f if ln.strip() and json.loads(ln).get("iteration", -1) < resume_step]
             with open(self.path, "w") as f:
                 f.writelines(kept)
-        self.tb = None
         try:
             from tensorboardX import SummaryWriter
 
@@ -118,6 +130,9 @@ class MetricsWriter:
             logger.warning("tensorboardX is not installed: no TensorBoard event files")
 
     def write(self, iteration: int, scalars: dict[str, float]) -> None:
+        """Append one record (and its TensorBoard scalars) for `iteration`."""
+        if not self.enabled:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps({"iteration": iteration, **scalars}) + "\n")
         if self.tb is not None:
@@ -156,8 +171,8 @@ def train(cfg, *, num_devices: int = 0, resume: bool = False, eval_fn: Callable 
     import orbax.checkpoint as ocp
     from tqdm import tqdm
 
-    from jaxseg.data.batching import build_train_loader
     from jaxseg.data.catalog import get_dataset_dicts
+    from jaxseg.data.loaders import build_train_loader
     from jaxseg.engine.predictor import enable_compilation_cache
     from jaxseg.models.registry import build_model
 
@@ -165,7 +180,7 @@ def train(cfg, *, num_devices: int = 0, resume: bool = False, eval_fn: Callable 
     enable_compilation_cache()
     mesh = shd.build_mesh(num_devices)
     shd.check_batch_size(cfg.SOLVER.IMS_PER_BATCH, mesh)
-    seed = cfg.SEED if cfg.SEED >= 0 else 0
+    seed = resolve_seed(cfg.SEED)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     model = build_model(cfg)
     state, tx = init_train_state(cfg, model, mesh, seed)
@@ -179,13 +194,14 @@ def train(cfg, *, num_devices: int = 0, resume: bool = False, eval_fn: Callable 
     start = int(state.step)
     total = max_iter or cfg.SOLVER.MAX_ITER
     dicts = [d for name in cfg.DATASETS.TRAIN for d in get_dataset_dicts(name)]
-    loader = build_train_loader(cfg, dicts, seed=seed)
+    loader = build_train_loader(cfg, dicts, model.input_spec, model.target_spec, seed=seed)
     step_fn = make_train_step(cfg, model, tx, mesh, state, jax.random.PRNGKey(seed))
     writer = MetricsWriter(cfg.OUTPUT_DIR, start)
     last: dict[str, float] = {}
     log_period = max(cfg.SOLVER.LOG_PERIOD, 1)
     batches = loader.batches(start)
-    bar = tqdm(range(start, total), initial=start, total=total, desc="train", unit="it", dynamic_ncols=True)
+    bar = tqdm(range(start, total), initial=start, total=total, desc="train", unit="it", dynamic_ncols=True,
+               disable=jax.process_index() != 0)
     try:
         for it in bar:
             t0 = time.perf_counter()
@@ -201,11 +217,12 @@ def train(cfg, *, num_devices: int = 0, resume: bool = False, eval_fn: Callable 
             if (it + 1) % log_period == 0 or it + 1 == total:
                 writer.write(it, metrics)
                 last = metrics
-            if (it + 1) % cfg.SOLVER.CHECKPOINT_PERIOD == 0 or it + 1 == total:
+            period = cfg.SOLVER.CHECKPOINT_PERIOD
+            if (period > 0 and (it + 1) % period == 0) or it + 1 == total:
                 manager.save(it + 1, args=ocp.args.StandardSave(state))
             if eval_fn is not None and cfg.TEST.EVAL_PERIOD > 0 and (it + 1) % cfg.TEST.EVAL_PERIOD == 0 \
                     and it + 1 != total:
-                writer.write(it, _flat_eval(eval_fn(cfg, model, _variables(state))))
+                writer.write(it, _flat_eval(eval_fn(cfg, model, _host_variables(state))))
     finally:
         bar.close()
         manager.wait_until_finished()
@@ -213,18 +230,54 @@ def train(cfg, *, num_devices: int = 0, resume: bool = False, eval_fn: Callable 
         if hasattr(batches, "close"):
             batches.close()
     result = dict(last)
+    variables = _host_variables(state) if variables_out is not None or eval_fn is not None else None
     if variables_out is not None:
-        variables_out.update(jax.device_get(_variables(state)))
-    if eval_fn is not None:
-        results = eval_fn(cfg, model, _variables(state))
+        variables_out.update(variables)
+    if eval_fn is not None:  # every process evaluates (each its slice of the images, see engine.inference)
+        results = eval_fn(cfg, model, variables)
         writer.write(total - 1, _flat_eval(results))
         result["eval"] = results
     writer.close()
     return result
 
 
+def resolve_seed(seed: int) -> int:
+    """SEED as detectron2 reads it: a negative value means a fresh seed for this run (logged, so the run can be
+    repeated with SEED set to it); multi-host runs agree on process 0's."""
+    if seed >= 0:
+        return int(seed)
+    fresh = int(np.random.SeedSequence().entropy % (2**31 - 1))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        fresh = int(multihost_utils.broadcast_one_to_all(np.int64(fresh)))
+    logger.warning("SEED is %d: using the fresh seed %d (set SEED %d to repeat this run)", seed, fresh, fresh)
+    return fresh
+
+
+def frozen_mask(model, params: dict) -> dict:
+    """A bool tree like params: True where the model says a parameter stays fixed (FREEZE_AT)."""
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    return unflatten_dict({p: bool(model.is_frozen(p)) for p in flatten_dict(params)})
+
+
 def _variables(state: TrainState) -> dict:
     return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def _host_variables(state: TrainState) -> dict:
+    """The variables as numpy arrays on every process (for inference, which runs on each host's own
+    devices); parameters sharded over several hosts (MODEL.FSDP) are gathered, a collective."""
+
+    def fetch(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(fetch, _variables(state))
 
 
 def _fmt(metrics: dict[str, float]) -> str:
@@ -232,6 +285,13 @@ def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
 
 
-def _flat_eval(results: dict) -> dict[str, float]:
-    """{"bbox": {"AP": ..}} -> {"bbox/AP": ..} as detectron2's EventStorage writes them."""
-    return {f"{task}/{k}": float(v) for task, d in results.items() for k, v in d.items()}
+def _flat_eval(results: dict, prefix: str = "") -> dict[str, float]:
+    """{"bbox": {"AP": ..}} -> {"bbox/AP": ..}, and for several datasets {"ds": {"bbox": {"AP": ..}}} ->
+    {"ds/bbox/AP": ..}, as detectron2's flatten_results_dict gives them to its EventStorage."""
+    flat: dict[str, float] = {}
+    for key, value in results.items():
+        if isinstance(value, dict):
+            flat.update(_flat_eval(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = float(value)
+    return flat

@@ -5,9 +5,10 @@ every backend. Faster backends (``"triton"`` on GPU, ``"ffi"`` on CPU) drop in b
 :func:`register` with an ``available`` check; the op's public function then calls :func:`resolve`.
 
 ``implementation=None`` picks the first available name of :data:`DEFAULT_ORDER` for the current JAX
-backend, so ``"xla"`` is chosen until a faster implementation is registered and available. A
-process-wide choice (config key ``MODEL.KERNELS``) is set with :func:`set_default`; it applies to
-every op that has an implementation of that name, and is resolved when a function is traced.
+backend, so ``"xla"`` is chosen until a faster implementation is registered and available. There is
+no process-wide choice: a model carries its own (config key ``MODEL.KERNELS``, the modules' ``kernels``
+field) and passes it to every op it calls; an op that has no implementation of that name (but some
+other op has) uses its automatic choice. The choice is resolved when a function is traced.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ class _Entry:
 
 
 _REGISTRY: dict[str, dict[str, _Entry]] = {}
-_FORCED: str | None = None  # set_default(); None: the backend's DEFAULT_ORDER
 
 
 def _always() -> bool:
@@ -62,31 +62,23 @@ def available_implementations(op: str) -> list[str]:
     return [name for name, entry in _REGISTRY.get(op, {}).items() if entry.available()]
 
 
-def set_default(name: str | None) -> None:
-    """Makes ``name`` ("xla", "ffi", "triton") the implementation of every op called with
-    ``implementation=None`` that has one by that name; ``None`` or ``""`` restores the automatic choice.
-
-    Called by ``build_model`` with ``cfg.MODEL.KERNELS``. Ops without an implementation of that name
-    keep the automatic choice; one that has it but cannot run here raises :class:`UserError` when used.
-    """
-    global _FORCED
-    if name and name not in {n for entries in _REGISTRY.values() for n in entries}:
-        known = sorted({n for entries in _REGISTRY.values() for n in entries})
-        raise UserError(f"MODEL.KERNELS {name!r} is not a kernel implementation; known: {', '.join(known)}")
-    _FORCED = name or None
+def known_names() -> list[str]:
+    """Every implementation name registered for any op."""
+    return sorted({n for entries in _REGISTRY.values() for n in entries})
 
 
-def get_default() -> str | None:
-    """The name set by :func:`set_default`, or None (automatic)."""
-    return _FORCED
+def check_name(name: str | None) -> None:
+    """UserError unless ``name`` is None/"" or an implementation name some op registers (MODEL.KERNELS)."""
+    if name and name not in known_names():
+        raise UserError(f"MODEL.KERNELS {name!r} is not a kernel implementation; known: {', '.join(known_names())}")
 
 
 def resolve(op: str, implementation: str | None) -> Callable:
     """The function implementing ``op``: the named one, or the default when ``implementation`` is None."""
     entries = _REGISTRY.get(op, {})
     usable = available_implementations(op)
-    if implementation is None and _FORCED is not None and _FORCED in entries:
-        implementation = _FORCED
+    if implementation is not None and implementation not in entries and implementation in known_names():
+        implementation = None  # the model's choice names another op's implementation: automatic here
     if implementation is None:
         order = DEFAULT_ORDER.get(jax.default_backend(), ("xla",))
         for name in (*order, *usable):

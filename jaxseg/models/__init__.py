@@ -1,0 +1,3 @@
+"""Model families. Importing this package registers every built-in family's builders and config keys."""
+
+from jaxseg.models import rcnn  # noqa: F401

@@ -54,8 +54,18 @@ class GroupNorm(nn.Module):
         return (g.reshape(x.shape) * weight + bias).astype(x.dtype)
 
 
+NORMS = ("", "FrozenBN", "GN")
+
+
+def check_norm(norm: str, key: str = "NORM") -> None:
+    """A ValueError naming the config key when `norm` is not one jaxseg builds (at build time, not in init)."""
+    if norm not in NORMS and norm is not None:
+        raise ValueError(f"{key} {norm!r} is not supported; known: {', '.join(repr(n) for n in NORMS)}")
+
+
 def get_norm(norm: str) -> nn.Module | None:
     """detectron2's NORM strings. Only those the ported models use are known."""
+    check_norm(norm)
     if norm in ("", None):
         return None
     if norm == "FrozenBN":

@@ -14,6 +14,7 @@ sizes, argument order, outputs); ``launch.run_jax`` runs a ``Launch`` through
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 
@@ -24,15 +25,21 @@ _GPU_BACKENDS = ("gpu", "cuda", "rocm")
 
 @functools.cache
 def _jax_triton_importable() -> bool:
+    """Whether jax_triton imports; on a GPU backend a failure is said once (as the FFI fallback is)."""
     try:
         import jax_triton  # noqa: F401
-    except Exception:  # ImportError without a GPU jaxlib; anything else means unusable too
+    except Exception as error:  # ImportError without a GPU jaxlib; anything else means unusable too
+        warnings.warn(
+            f"jaxseg: jax_triton cannot be imported ({type(error).__name__}: {error}); GPU kernels fall back to "
+            "the pure-JAX 'xla' implementations. Install jaxseg[cuda] to use the Triton kernels.",
+            RuntimeWarning, stacklevel=2)
         return False
     return True
 
 
 def available() -> bool:
-    """True when the Triton kernels can run: a GPU backend and an importable jax_triton."""
+    """True when the Triton kernels can run: a GPU backend and an importable jax_triton (only then is the
+    import tried, so a CPU run says nothing)."""
     return jax.default_backend() in _GPU_BACKENDS and _jax_triton_importable()
 
 

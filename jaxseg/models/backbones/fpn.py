@@ -6,27 +6,66 @@ p6 = p5[::2, ::2] (max pool, kernel 1, stride 2). No activations.
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 
-from jaxseg.models.backbones.resnet import ResNet
-from jaxseg.models.layers import Conv2d, c2_xavier_fill, upsample_nearest2x
+from jaxseg.models.backbones.backbone import Backbone, ShapeSpec
+from jaxseg.models.backbones.resnet import resnet_from_config
+from jaxseg.models.layers import Conv2d, c2_xavier_fill, check_norm, upsample_nearest2x
+from jaxseg.models.registry import BACKBONE_REGISTRY
 
 
-class FPN(nn.Module):
-    """Returns {"p2": stride 4, ..., "p5", "p6"} for in_features res2..res5."""
+class FPN(nn.Module, Backbone):
+    """Returns {"p2": stride 4, ..., "p5", "p6"} for in_features res2..res5 (names from the strides)."""
 
     bottom_up: nn.Module
     in_features: tuple[str, ...] = ("res2", "res3", "res4", "res5")
     out_channels: int = 256
     norm: str = ""
     fuse_type: str = "sum"
-    top_block: str = "maxpool"  # "maxpool" (p6 from p5) or "" (none)
+    top_block: str = "maxpool"  # "maxpool" (one more level from the last, stride 2) or "" (none)
+
+    def __post_init__(self) -> None:
+        check_norm(self.norm, "MODEL.FPN.NORM")
+        if self.fuse_type not in ("sum", "avg"):
+            raise ValueError(f"MODEL.FPN.FUSE_TYPE {self.fuse_type!r} is not 'sum' or 'avg'")
+        super().__post_init__()
+
+    @nn.nowrap
+    def in_strides(self) -> list[int]:
+        shapes = self.bottom_up.output_shape()
+        missing = [f for f in self.in_features if f not in shapes]
+        if missing:
+            raise ValueError(f"MODEL.FPN.IN_FEATURES {missing} are not outputs of the bottom-up backbone "
+                             f"({', '.join(shapes)})")
+        return [shapes[f].stride for f in self.in_features]
+
+    @nn.nowrap
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        strides = self.in_strides()
+        if self.top_block == "maxpool":
+            strides = strides + [strides[-1] * 2]
+        return {f"p{int(math.log2(s))}": ShapeSpec(self.out_channels, s) for s in strides}
+
+    @property
+    def size_divisibility(self) -> int:
+        return self.in_strides()[-1]
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return self.bottom_up.stage_names
+
+    @nn.nowrap
+    def stage_of(self, path: tuple[str, ...]) -> str | None:
+        """Parameters of the bottom-up network belong to its stages; the FPN's own to none."""
+        return self.bottom_up.stage_of(path[1:]) if path and path[0] == "bottom_up" else None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
         feats = self.bottom_up(x)
-        levels = [int(f[-1]) for f in self.in_features]  # res2 -> 2
+        levels = [int(math.log2(s)) for s in self.in_strides()]  # stride 4 -> level 2
         results = {}
         prev = None
         for lvl, name in zip(levels[::-1], self.in_features[::-1]):
@@ -41,20 +80,14 @@ class FPN(nn.Module):
             results[f"p{lvl}"] = Conv2d(self.out_channels, 3, padding=1, use_bias=self.norm == "", norm=self.norm,
                                         kernel_init=c2_xavier_fill, name=f"fpn_output{lvl}")(prev)
         if self.top_block == "maxpool":
-            last = f"p{levels[-1]}"
-            results[f"p{levels[-1] + 1}"] = results[last][:, ::2, ::2, :]
-        return dict(sorted(results.items()))
+            results[f"p{levels[-1] + 1}"] = results[f"p{levels[-1]}"][:, ::2, ::2, :]
+        return dict(sorted(results.items(), key=lambda kv: int(kv[0][1:])))
 
 
+@BACKBONE_REGISTRY.register()
 def build_resnet_fpn_backbone(cfg) -> FPN:
     """detectron2's build_resnet_fpn_backbone from config values."""
-    r = cfg.MODEL.RESNETS
-    if r.DEFORM_ON_PER_STAGE and any(r.DEFORM_ON_PER_STAGE):
-        raise ValueError("MODEL.RESNETS.DEFORM_ON_PER_STAGE (deformable conv) is not supported yet")
-    bottom_up = ResNet(
-        depth=r.DEPTH, out_features=tuple(r.OUT_FEATURES), stem_out_channels=cfg.MODEL.RESNETS.STEM_OUT_CHANNELS,
-        res2_out_channels=r.RES2_OUT_CHANNELS, width_per_group=r.WIDTH_PER_GROUP, num_groups=r.NUM_GROUPS,
-        stride_in_1x1=r.STRIDE_IN_1X1, res5_dilation=r.RES5_DILATION, norm=r.NORM, name="bottom_up")
+    bottom_up = resnet_from_config(cfg, "bottom_up")
     f = cfg.MODEL.FPN
     return FPN(bottom_up, in_features=tuple(f.IN_FEATURES), out_channels=f.OUT_CHANNELS, norm=f.NORM,
                fuse_type=f.FUSE_TYPE, top_block="maxpool", name="backbone")

@@ -24,7 +24,7 @@ class ROIPooler:
     """Multi-level ROIAlign. Plain (parameter-free) object: config values in, a pure function out."""
 
     def __init__(self, output_size: int, strides: Sequence[int], sampling_ratio: int, pooler_type: str,
-                 canonical_box_size: int = 224, canonical_level: int = 4):
+                 canonical_box_size: int = 224, canonical_level: int = 4, kernels: str | None = None):
         if pooler_type not in ("ROIAlign", "ROIAlignV2"):
             raise ValueError(f"POOLER_TYPE {pooler_type!r} is not supported (ROIAlign, ROIAlignV2)")
         self.output_size = output_size
@@ -34,6 +34,7 @@ class ROIPooler:
         self.aligned = pooler_type == "ROIAlignV2"
         self.canonical_box_size = canonical_box_size
         self.canonical_level = canonical_level
+        self.kernels = kernels
 
     def __call__(self, features: Sequence[jax.Array], boxes: jax.Array, batch_index: jax.Array) -> jax.Array:
         """features: per level (N, H, W, C); boxes (R, 4); batch_index (R,) int -> (R, S, S, C)."""
@@ -50,4 +51,5 @@ class ROIPooler:
         return out
 
     def _align(self, feat: jax.Array, boxes: jax.Array, batch_index: jax.Array, scale: float) -> jax.Array:
-        return roi_align(feat, boxes, batch_index, self.output_size, scale, self.sampling_ratio, self.aligned)
+        return roi_align(feat, boxes, batch_index, self.output_size, scale, self.sampling_ratio, self.aligned,
+                          implementation=self.kernels)

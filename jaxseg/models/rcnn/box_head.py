@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg.kernels import nms
-from jaxseg.models import box_coder
 from jaxseg.models.layers import Conv2d, c2_msra_fill, dense, normal_init
+from jaxseg.models.ops import box_coder
 
 
 class FastRCNNConvFCHead(nn.Module):
@@ -58,6 +58,7 @@ def fast_rcnn_inference(
     score_thresh: float,
     nms_thresh: float,
     topk_per_image: int,
+    kernels: str | None = None,
 ) -> dict[str, jax.Array]:
     """Detections of ONE image: softmax, per-class decode and clip, score threshold, per-class NMS, top k.
 
@@ -75,7 +76,7 @@ def fast_rcnn_inference(
     per_class = min(topk_per_image, num_props)
 
     def class_nms(b, s, v):  # (R, 4), (R,), (R,) of one class
-        keep, keep_valid = nms(b, s, nms_thresh, valid=v, max_output=per_class)
+        keep, keep_valid = nms(b, s, nms_thresh, valid=v, max_output=per_class, implementation=kernels)
         return keep, keep_valid
 
     keep, keep_valid = jax.vmap(class_nms)(boxes.transpose(1, 0, 2), scores.T, candidate.T)  # (K, per_class)

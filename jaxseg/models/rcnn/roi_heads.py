@@ -10,13 +10,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg.kernels import roi_align
-from jaxseg.models import box_coder
-from jaxseg.models.box_head import FastRCNNConvFCHead, FastRCNNOutputLayers, fast_rcnn_inference
-from jaxseg.models.losses import sigmoid_bce, smooth_l1, softmax_ce
-from jaxseg.models.mask_head import MaskRCNNConvUpsampleHead, mask_probs_for_classes
-from jaxseg.models.matcher import match, pairwise_iou
-from jaxseg.models.poolers import ROIPooler
-from jaxseg.models.sampling import subsample_labels
+from jaxseg.models.backbones.backbone import ShapeSpec, feature_strides
+from jaxseg.models.ops import box_coder
+from jaxseg.models.ops.losses import sigmoid_bce, smooth_l1, softmax_ce
+from jaxseg.models.ops.matcher import match, pairwise_iou
+from jaxseg.models.ops.sampling import subsample_labels
+from jaxseg.models.rcnn.box_head import FastRCNNConvFCHead, FastRCNNOutputLayers, fast_rcnn_inference
+from jaxseg.models.rcnn.mask_head import MaskRCNNConvUpsampleHead, mask_probs_for_classes
+from jaxseg.models.rcnn.poolers import ROIPooler
+from jaxseg.models.registry import ROI_HEADS_REGISTRY
 
 
 class StandardROIHeads(nn.Module):
@@ -40,6 +42,7 @@ class StandardROIHeads(nn.Module):
     iou_thresholds: tuple[float, ...] = (0.5,)
     iou_labels: tuple[int, ...] = (0, 1)
     smooth_l1_beta: float = 0.0
+    kernels: str | None = None
 
     def box_outputs(self, features: dict[str, jax.Array], boxes: jax.Array) -> tuple[jax.Array, jax.Array]:
         """features {name: (N, H, W, C)}, boxes (N, R, 4) -> class logits (N, R, K+1), deltas (N, R, K*4)."""
@@ -61,7 +64,7 @@ class StandardROIHeads(nn.Module):
         logits, deltas = self.box_outputs(features, proposals["boxes"])
         infer = functools.partial(
             fast_rcnn_inference, box_reg_weights=self.box_reg_weights, score_thresh=self.score_thresh,
-            nms_thresh=self.nms_thresh, topk_per_image=self.detections_per_image)
+            nms_thresh=self.nms_thresh, topk_per_image=self.detections_per_image, kernels=self.kernels)
         det = jax.vmap(infer)(logits, deltas, proposals["boxes"], proposals["valid"], image_hw)
         if self.mask_head is not None:
             det["mask_probs"] = self.mask_outputs(features, det["boxes"], det["classes"])
@@ -113,7 +116,7 @@ class StandardROIHeads(nn.Module):
             logits = jnp.take_along_axis(logits, classes.reshape(-1)[:, None, None, None], axis=-1)
         logits = logits[..., 0].reshape(*boxes.shape[:2], *logits.shape[1:3])
         target = mask_targets(targets["gt_masks"], targets["gt_boxes"], boxes, s["matches"][:, :rows],
-                              logits.shape[-1])
+                              logits.shape[-1], kernels=self.kernels)
         bce = jnp.where(fg[..., None, None], sigmoid_bce(logits, target), 0.0)
         return bce.sum() / jnp.maximum(fg.sum() * logits.shape[-1] * logits.shape[-2], 1)
 
@@ -124,25 +127,26 @@ def _flatten_boxes(boxes: jax.Array) -> tuple[jax.Array, jax.Array]:
     return boxes.reshape(n * r, 4), jnp.repeat(jnp.arange(n, dtype=jnp.int32), r)
 
 
-def build_standard_roi_heads(cfg, strides: Sequence[int]) -> StandardROIHeads:
-    """Config values -> StandardROIHeads (detectron2's StandardROIHeads.from_config)."""
+@ROI_HEADS_REGISTRY.register(name="StandardROIHeads")
+def build_standard_roi_heads(cfg, input_shape: dict[str, ShapeSpec], kernels: str | None = None) -> StandardROIHeads:
+    """Config values -> StandardROIHeads (detectron2's StandardROIHeads.from_config); input_shape: the
+    backbone's output_shape()."""
     rh, bh, mh = cfg.MODEL.ROI_HEADS, cfg.MODEL.ROI_BOX_HEAD, cfg.MODEL.ROI_MASK_HEAD
-    if rh.NAME != "StandardROIHeads":
-        raise ValueError(f"MODEL.ROI_HEADS.NAME {rh.NAME!r} is not supported (StandardROIHeads)")
+    strides = feature_strides(input_shape, rh.IN_FEATURES, "MODEL.ROI_HEADS.IN_FEATURES")
     if bh.NAME != "FastRCNNConvFCHead":
         raise ValueError(f"MODEL.ROI_BOX_HEAD.NAME {bh.NAME!r} is not supported (FastRCNNConvFCHead)")
-    strides = tuple(strides)
     box_head = FastRCNNConvFCHead(num_conv=bh.NUM_CONV, conv_dim=bh.CONV_DIM, num_fc=bh.NUM_FC, fc_dim=bh.FC_DIM,
                                   norm=bh.NORM, name="box_head")
     predictor = FastRCNNOutputLayers(rh.NUM_CLASSES, bh.CLS_AGNOSTIC_BBOX_REG, name="box_predictor")
-    box_pooler = ROIPooler(bh.POOLER_RESOLUTION, strides, bh.POOLER_SAMPLING_RATIO, bh.POOLER_TYPE)
+    box_pooler = ROIPooler(bh.POOLER_RESOLUTION, strides, bh.POOLER_SAMPLING_RATIO, bh.POOLER_TYPE, kernels=kernels)
     mask_head = mask_pooler = None
     if cfg.MODEL.MASK_ON:
         if mh.NAME != "MaskRCNNConvUpsampleHead":
             raise ValueError(f"MODEL.ROI_MASK_HEAD.NAME {mh.NAME!r} is not supported (MaskRCNNConvUpsampleHead)")
         mask_head = MaskRCNNConvUpsampleHead(rh.NUM_CLASSES, mh.NUM_CONV, mh.CONV_DIM, mh.NORM,
                                              mh.CLS_AGNOSTIC_MASK, name="mask_head")
-        mask_pooler = ROIPooler(mh.POOLER_RESOLUTION, strides, mh.POOLER_SAMPLING_RATIO, mh.POOLER_TYPE)
+        mask_pooler = ROIPooler(mh.POOLER_RESOLUTION, strides, mh.POOLER_SAMPLING_RATIO, mh.POOLER_TYPE,
+                                kernels=kernels)
     return StandardROIHeads(
         in_features=tuple(rh.IN_FEATURES), strides=strides, box_head=box_head, box_predictor=predictor,
         box_pooler=box_pooler, mask_head=mask_head, mask_pooler=mask_pooler,
@@ -150,7 +154,7 @@ def build_standard_roi_heads(cfg, strides: Sequence[int]) -> StandardROIHeads:
         nms_thresh=rh.NMS_THRESH_TEST, detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
         num_classes=rh.NUM_CLASSES, batch_size_per_image=rh.BATCH_SIZE_PER_IMAGE,
         positive_fraction=rh.POSITIVE_FRACTION, iou_thresholds=tuple(rh.IOU_THRESHOLDS),
-        iou_labels=tuple(rh.IOU_LABELS), smooth_l1_beta=bh.SMOOTH_L1_BETA, name="roi_heads")
+        iou_labels=tuple(rh.IOU_LABELS), smooth_l1_beta=bh.SMOOTH_L1_BETA, kernels=kernels, name="roi_heads")
 
 
 def label_and_sample_proposals(
@@ -181,7 +185,7 @@ def label_and_sample_proposals(
 
 
 def mask_targets(gt_masks: jax.Array, gt_boxes: jax.Array, boxes: jax.Array, matches: jax.Array,
-                 resolution: int) -> jax.Array:
+                 resolution: int, kernels: str | None = None) -> jax.Array:
     """Cut each RoI's target from its GT mask, stored box-aligned: gt_masks (N, G, S, S), gt_boxes (N, G, 4),
     boxes (N, F, 4), matches (N, F) -> (N, F, R, R) float 0/1: ROIAlign(aligned=True) of the mask, >= 0.5.
 
@@ -195,5 +199,5 @@ def mask_targets(gt_masks: jax.Array, gt_boxes: jax.Array, boxes: jax.Array, mat
     rel = (boxes - jnp.concatenate([gt[..., :2], gt[..., :2]], axis=-1)) * scale  # RoI in mask-pixel coords
     batch_index = (jnp.arange(n, dtype=jnp.int32)[:, None] * g + matches).reshape(-1)
     pooled = roi_align(gt_masks.reshape(n * g, s, s, 1).astype(jnp.float32), rel.reshape(-1, 4), batch_index,
-                       resolution, 1.0, 2, True)
+                       resolution, 1.0, 2, True, implementation=kernels)
     return (pooled[..., 0] >= 0.5).astype(jnp.float32).reshape(n, f, resolution, resolution)

@@ -16,12 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseg.kernels import nms
-from jaxseg.models import box_coder
-from jaxseg.models.anchors import multilevel_anchors, num_cell_anchors
+from jaxseg.models.backbones.backbone import ShapeSpec, feature_strides
 from jaxseg.models.layers import Conv2d, normal_init
-from jaxseg.models.losses import sigmoid_bce, smooth_l1
-from jaxseg.models.matcher import match, pairwise_iou
-from jaxseg.models.sampling import subsample_labels
+from jaxseg.models.ops import box_coder
+from jaxseg.models.ops.anchors import multilevel_anchors, num_cell_anchors
+from jaxseg.models.ops.losses import sigmoid_bce, smooth_l1
+from jaxseg.models.ops.matcher import match, pairwise_iou
+from jaxseg.models.ops.sampling import subsample_labels
+from jaxseg.models.registry import PROPOSAL_GENERATOR_REGISTRY
 
 
 class StandardRPNHead(nn.Module):
@@ -62,6 +64,7 @@ def find_top_rpn_proposals(
     nms_thresh: float,
     min_box_size: float = 0.0,
     box_reg_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+    kernels: str | None = None,
 ) -> dict[str, jax.Array]:
     """Proposals of ONE image. logits[l]: (L_l,), deltas[l]: (L_l, 4), anchors[l]: (L_l, 4) numpy.
 
@@ -77,7 +80,8 @@ def find_top_rpn_proposals(
         boxes = box_coder.clip_boxes(boxes, image_hw)
         w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         valid &= (w > min_box_size) & (h > min_box_size)
-        keep, keep_valid = nms(boxes, scores, nms_thresh, valid=valid, max_output=min(k, post_nms_topk))
+        keep, keep_valid = nms(boxes, scores, nms_thresh, valid=valid, max_output=min(k, post_nms_topk),
+                               implementation=kernels)
         all_boxes.append(boxes[keep])
         all_scores.append(jnp.where(keep_valid, scores[keep], -jnp.inf))
         all_levels.append(jnp.full(keep.shape, lvl, jnp.int32))
@@ -112,6 +116,7 @@ class RPN(nn.Module):
     smooth_l1_beta: float = 0.0
     loss_weight: float = 1.0
     bbox_reg_loss_weight: float = 1.0
+    kernels: str | None = None
 
     def setup(self):
         num_anchors = num_cell_anchors(self.anchor_sizes, self.aspect_ratios, len(self.in_features))
@@ -133,7 +138,8 @@ class RPN(nn.Module):
     def _proposals(self, anchors, logits, deltas, image_hw, pre_nms_topk: int, post_nms_topk: int):
         select = functools.partial(
             find_top_rpn_proposals, anchors, pre_nms_topk=pre_nms_topk, post_nms_topk=post_nms_topk,
-            nms_thresh=self.nms_thresh, min_box_size=self.min_box_size, box_reg_weights=self.box_reg_weights)
+            nms_thresh=self.nms_thresh, min_box_size=self.min_box_size, box_reg_weights=self.box_reg_weights,
+            kernels=self.kernels)
         return jax.vmap(select)(logits, deltas, image_hw)
 
     def losses(self, key: jax.Array, features: dict[str, jax.Array], image_hw: jax.Array,
@@ -158,9 +164,11 @@ def multilevel_anchors_for(rpn: RPN, feature_hws: Sequence[tuple[int, int]]) -> 
     return multilevel_anchors(rpn.anchor_sizes, rpn.aspect_ratios, rpn.strides, feature_hws, rpn.anchor_offset)
 
 
-def build_rpn(cfg, strides: Sequence[int]) -> RPN:
-    """Config values -> RPN (test-time settings)."""
+@PROPOSAL_GENERATOR_REGISTRY.register(name="RPN")
+def build_rpn(cfg, input_shape: dict[str, ShapeSpec], kernels: str | None = None) -> RPN:
+    """Config values -> RPN; input_shape: the backbone's output_shape()."""
     r, a = cfg.MODEL.RPN, cfg.MODEL.ANCHOR_GENERATOR
+    strides = feature_strides(input_shape, r.IN_FEATURES, "MODEL.RPN.IN_FEATURES")
     if r.HEAD_NAME != "StandardRPNHead":
         raise ValueError(f"MODEL.RPN.HEAD_NAME {r.HEAD_NAME!r} is not supported (StandardRPNHead)")
     if a.NAME != "DefaultAnchorGenerator":
@@ -174,7 +182,7 @@ def build_rpn(cfg, strides: Sequence[int]) -> RPN:
         post_nms_topk_train=r.POST_NMS_TOPK_TRAIN, batch_size_per_image=r.BATCH_SIZE_PER_IMAGE,
         positive_fraction=r.POSITIVE_FRACTION, iou_thresholds=tuple(r.IOU_THRESHOLDS),
         iou_labels=tuple(r.IOU_LABELS), smooth_l1_beta=r.SMOOTH_L1_BETA, loss_weight=r.LOSS_WEIGHT,
-        bbox_reg_loss_weight=r.BBOX_REG_LOSS_WEIGHT, name="proposal_generator")
+        bbox_reg_loss_weight=r.BBOX_REG_LOSS_WEIGHT, kernels=kernels, name="proposal_generator")
 
 
 def rpn_losses(
