@@ -1,12 +1,15 @@
 """Device mesh and shardings: batches split along `data`, parameters replicated (or FSDP-sharded).
 
-Multi-host: `maybe_initialize_distributed()` calls jax.distributed.initialize() when the usual
-coordinator variables are set (or on SLURM); every host then feeds its local part of the batch.
+Multi-host: `maybe_initialize_distributed()` calls jax.distributed.initialize() when the environment asks
+for a multi-process run (see `distributed_settings`; launch/README.md); every host then feeds its local
+part of the batch.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -16,20 +19,81 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxseg.errors import UserError
 
 DATA_AXIS = "data"
+logger = logging.getLogger(__name__)
 
 
-def maybe_initialize_distributed() -> bool:
-    """Join a multi-process run if one is configured (JAX_COORDINATOR_ADDRESS or SLURM); True if so."""
-    if jax.process_count() > 1:
+def _env_int(env: Mapping[str, str], *names: str) -> int | None:
+    """The first of `names` set in env, as an int (None if none is set); a non-integer is a UserError."""
+    for name in names:
+        value = env.get(name, "").strip()
+        if value:
+            try:
+                return int(value)
+            except ValueError:
+                raise UserError(f"${name} must be an integer, got {value!r}") from None
+    return None
+
+
+def distributed_settings(env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """The jax.distributed.initialize() arguments the environment asks for, or None for a single process.
+
+    Read from the environment only (nothing here touches a JAX backend), first match wins:
+
+    * ``JAXSEG_NUM_PROCESSES`` (1: single process) with ``JAXSEG_PROCESS_ID`` and ``JAXSEG_COORDINATOR``
+      (host:port of process 0; ``JAX_COORDINATOR_ADDRESS`` also accepted);
+    * ``JAX_COORDINATOR_ADDRESS``, with ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` when set (else jax
+      detects them from the cluster);
+    * SLURM with more than one task (``SLURM_NTASKS`` > 1): jax reads everything from SLURM.
+    """
+    env = os.environ if env is None else env
+    count = _env_int(env, "JAXSEG_NUM_PROCESSES")
+    if count is not None:
+        if count < 1:
+            raise UserError(f"$JAXSEG_NUM_PROCESSES must be at least 1, got {count}")
+        if count == 1:
+            return None
+        pid = _env_int(env, "JAXSEG_PROCESS_ID")
+        coordinator = env.get("JAXSEG_COORDINATOR") or env.get("JAX_COORDINATOR_ADDRESS")
+        if pid is None or not coordinator:
+            raise UserError("$JAXSEG_NUM_PROCESSES > 1 needs $JAXSEG_PROCESS_ID and $JAXSEG_COORDINATOR (host:port)")
+        if not 0 <= pid < count:
+            raise UserError(f"$JAXSEG_PROCESS_ID {pid} is not in [0, {count})")
+        return {"coordinator_address": coordinator, "num_processes": count, "process_id": pid}
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        return {"coordinator_address": env["JAX_COORDINATOR_ADDRESS"],
+                "num_processes": _env_int(env, "JAX_NUM_PROCESSES"), "process_id": _env_int(env, "JAX_PROCESS_ID")}
+    if (_env_int(env, "SLURM_NTASKS") or 1) > 1:
+        return {}
+    return None
+
+
+def maybe_initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
+    """Join a multi-process run if the environment asks for one (`distributed_settings`); True if in one.
+
+    Decides before touching the backend: jax.distributed.initialize() must come before any JAX computation
+    (even jax.process_count()). CPU processes talk over gloo collectives.
+    """
+    if jax.distributed.is_initialized():
         return True
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        jax.distributed.initialize()
-        return True
-    return False
+    settings = distributed_settings(env)
+    if settings is None:
+        return False
+    if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(**settings)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"could not join the multi-process run ({settings or 'from SLURM'}): {e} "
+                        "(see launch/README.md for the variables to set)") from None
+    logger.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(),
+                jax.local_device_count())
+    return True
 
 
 def build_mesh(num_devices: int = 0) -> Mesh:
     """A 1-D mesh over the first `num_devices` devices (0: all, over all hosts)."""
+    if num_devices < 0:
+        raise UserError(f"--num-devices {num_devices}: must be 0 (all devices) or a positive count")
     devices = jax.devices()
     if num_devices:
         if num_devices > len(devices):

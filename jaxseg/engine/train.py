@@ -96,7 +96,7 @@ def make_train_step(cfg, model, tx, mesh, state: TrainState, base_key: jax.Array
         params = optax.apply_updates(state.params, updates)
         batch_stats = updated.get("batch_stats", state.batch_stats)
         new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
-        finite = jnp.isfinite(total) & jnp.isfinite(optax.global_norm(params))
+        finite = jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(params))
         new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)  # never apply a non-finite step
         return new, {"total_loss": jnp.where(finite, total, jnp.nan), **losses, "lr": schedule(state.step)}
 

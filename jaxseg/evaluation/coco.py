@@ -10,6 +10,10 @@ reports -1 (nothing to measure), with one `AP-<class name>` entry per category.
     for image_id, inst in ...:
         evaluator.process(instances_to_coco_json(inst, image_id, name, to_dataset_id), image_ids=[image_id])
     metrics = evaluator.evaluate()   # {"bbox": {"AP": .., "AP50": .., ...}, "segm": {...}}
+
+In a multi-process JAX run (jax.distributed) every process feeds its own images; `evaluate` (a collective:
+every process calls it) gathers all records on process 0, which alone scores them and writes the files,
+and every process returns process 0's metrics.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 import math
 import numbers
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -159,6 +164,58 @@ def json_safe(results: dict) -> dict:
     """NaN -> null, so that metrics files are strict JSON."""
     return {task: {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in m.items()}
             for task, m in results.items()}
+
+
+# ---------------------------------------------------------------------------------------------- processes
+def process_info() -> tuple[int, int]:
+    """(index, count) of this process in a jax.distributed run; (0, 1) otherwise (never starts a backend)."""
+    jax = sys.modules.get("jax")
+    if jax is None or not jax.distributed.is_initialized():
+        return 0, 1
+    return jax.process_index(), jax.process_count()
+
+
+def is_main_process() -> bool:
+    """Process 0, the one that writes files."""
+    return process_info()[0] == 0
+
+
+def _json_bytes(obj: Any) -> np.ndarray:
+    return np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)
+
+
+def _from_json_bytes(buf: np.ndarray) -> Any:
+    return json.loads(np.asarray(buf, np.uint8).tobytes().decode("utf-8"))
+
+
+def all_gather_json(obj: Any) -> list[Any]:
+    """Every process's JSON-serialisable `obj`, in process order (a collective: every process calls it).
+
+    Sent as one length-prefixed byte buffer per process (padded to the longest) over process_allgather.
+    """
+    if process_info()[1] == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    data = _json_bytes(obj)
+    sizes = np.asarray(multihost_utils.process_allgather(np.array([data.size], np.int64))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:data.size] = data
+    gathered = np.asarray(multihost_utils.process_allgather(padded))
+    return [_from_json_bytes(gathered[i, :int(n)]) for i, n in enumerate(sizes)]
+
+
+def broadcast_json(obj: Any) -> Any:
+    """Process 0's JSON-serialisable `obj` on every process (a collective; the others' `obj` is ignored)."""
+    if process_info()[1] == 1:
+        return obj
+    from jax.experimental import multihost_utils
+
+    main = is_main_process()
+    data = _json_bytes(obj) if main else np.zeros(0, np.uint8)
+    size = int(multihost_utils.broadcast_one_to_all(np.array(data.size if main else 0, np.int64)))
+    buf = data if main else np.zeros(size, np.uint8)
+    return _from_json_bytes(multihost_utils.broadcast_one_to_all(buf))
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -326,9 +383,33 @@ class COCOEvaluator:
         return tasks
 
     def evaluate(self) -> dict[str, dict[str, float]]:
-        """Save the records, score every task, print the tables, save metrics.json; return the metrics."""
+        """Save the records, score every task, print the tables, save metrics.json; return the metrics.
+
+        Multi-process: a collective. Records and image ids of every process are gathered on process 0,
+        which alone scores, prints and writes; the others return its metrics (or raise its UserError).
+        """
+        if process_info()[1] == 1:
+            return self._evaluate_gathered()
+        gathered = all_gather_json([self._records, None if self._image_ids is None else sorted(self._image_ids)])
+        results: Any = None
+        if is_main_process():
+            self._records = [r for records, _ in gathered for r in records]
+            ids = [set(i) for _, i in gathered if i is not None]
+            self._image_ids = set().union(*ids) if ids else None
+            try:
+                results = {"ok": self._evaluate_gathered()}
+            except UserError as e:  # the others must not wait for metrics that never come
+                results = {"error": str(e)}
+        results = broadcast_json(results)
+        if "error" in results:
+            raise UserError(results["error"])
+        return results["ok"]  # json carries NaN as NaN
+
+    def _evaluate_gathered(self) -> dict[str, dict[str, float]]:
+        """`evaluate` on the records at hand (all of them, on process 0)."""
         tasks = self._resolve_tasks()
-        if self._output_dir is not None:
+        write = self._output_dir is not None and is_main_process()
+        if write:
             os.makedirs(self._output_dir, exist_ok=True)
             write_json_atomic(os.path.join(self._output_dir, RESULTS_FILE), self._records)
         if "annotations" not in self._dataset:
@@ -339,7 +420,7 @@ class COCOEvaluator:
         results = {task: self._evaluate_task(task) for task in tasks}
         for task in tasks:
             print(format_results(task, results[task]))
-        if self._output_dir is not None:
+        if write:
             write_json_atomic(os.path.join(self._output_dir, METRICS_FILE), json_safe(results))
         return results
 
