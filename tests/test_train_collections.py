@@ -52,10 +52,10 @@ def test_batch_statistics_update_from_the_global_batch():
     for n in (1, 8):
         mesh = shd.build_mesh(n)
         state, tx = init_train_state(cfg, model, mesh, seed=0)
-        initial = jax.device_get(state.batch_stats)
+        initial = jax.device_get(state.model_state["batch_stats"])
         step = make_train_step(cfg, model, tx, mesh, state, jax.random.PRNGKey(0))
         new, _ = step(state, shd.global_batch(batch, mesh))
-        stats[n] = jax.device_get(new.batch_stats)
+        stats[n] = jax.device_get(new.model_state["batch_stats"])
     # the expected running mean: momentum 0.9 from the initial 0 towards the mean over all 8 images
     np.testing.assert_allclose(initial["bn"]["mean"], 0.0)
     for a, b in zip(jax.tree.leaves(stats[8]), jax.tree.leaves(stats[1])):

@@ -40,6 +40,9 @@ def load_weights(cfg, path: str | None = None, model=None, initial: dict[str, An
     model = build_model(cfg) if model is None else model
     if os.path.isdir(local):
         return restore_variables(local, abstract_variables(model))
+    if getattr(model, "checkpoint_adapter", None) is None:
+        raise UserError(f"MODEL.WEIGHTS {path}: {type(model).__name__} reads no checkpoint files (it declares no "
+                        "checkpoint adapter); give a converted or training checkpoint directory")
     adapter = get_adapter(model.checkpoint_adapter)
     target = abstract_variables(model) if initial is None else initial
     ckpt = read_checkpoint(local)

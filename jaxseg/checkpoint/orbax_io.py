@@ -62,11 +62,20 @@ def restore_variables(path: str, target: Mapping[str, Any]) -> dict:
             if train_dir is None:
                 raise UserError(f"{path} is a directory but neither a converted checkpoint (no 'variables' inside) "
                                 "nor a training checkpoint")
-            state = ckptr.restore(train_dir)  # a TrainState as nested dicts
+            state = ckptr.restore(train_dir, _here(ckptr.metadata(train_dir)))  # a TrainState as nested dicts
+            state = {**state, **state.get("model_state", {})}  # TrainState.model_state holds the collections
             variables = {k: state[k] for k in abstract if k in state}
             return ckptr_restore_check(variables, abstract, path)
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path} does not fit this model: {str(e).splitlines()[0][:500]}") from None
+
+
+def _here(metadata: Any) -> Any:
+    """Abstract arrays of a saved tree, placed on this process's first device: a checkpoint written by a run
+    on another device count (8 devices, several hosts) restores here without a topology mismatch."""
+    tree = getattr(metadata, "item_metadata", metadata)
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here), tree)
 
 
 def ckptr_restore_check(variables: dict, abstract: dict, path: str) -> dict:

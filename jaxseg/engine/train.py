@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 class TrainState:
     step: jax.Array
     params: Any
-    batch_stats: Any  # the other variable collections: fixed buffers (FrozenBN) or, for the model's
-    #                   train_collections() (trainable BatchNorm), statistics updated by each step
+    model_state: Any  # {collection: tree} of the other variable collections: fixed buffers (FrozenBN) or,
+    #                   for the model's train_collections() (trainable BatchNorm), statistics each step updates
     opt_state: Any
 
 
@@ -48,16 +48,15 @@ def initial_variables(cfg, model, seed: int) -> dict:
     variables = jax.tree.map(np.asarray, variables)
     if cfg.MODEL.WEIGHTS:
         variables = load_weights(cfg, cfg.MODEL.WEIGHTS, model=model, initial=variables)
-    others = {k: v for k, v in variables.items() if k != "params"}
-    return {"params": variables["params"], "batch_stats": others.get("batch_stats", {}),
-            **{k: v for k, v in others.items() if k != "batch_stats"}}
+    return dict(variables)
 
 
 def init_train_state(cfg, model, mesh, seed: int) -> tuple[TrainState, optax.GradientTransformation]:
     variables = initial_variables(cfg, model, seed)
     tx = build_optimizer(cfg, variables["params"], frozen_mask(model, variables["params"]))
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                       batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]))
+    model_state = {k: v for k, v in variables.items() if k != "params"}
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"], model_state=model_state,
+                       opt_state=tx.init(variables["params"]))
     return jax.device_put(state, state_sharding(cfg, mesh, state)), tx
 
 
@@ -66,7 +65,7 @@ def state_sharding(cfg, mesh, state: TrainState):
     rep = shd.replicated(mesh)
     if getattr(cfg.MODEL, "FSDP", False):
         return TrainState(step=rep, params=shd.fsdp_sharding(mesh, state.params),
-                          batch_stats=jax.tree.map(lambda _: rep, state.batch_stats),
+                          model_state=jax.tree.map(lambda _: rep, state.model_state),
                           opt_state=shd.fsdp_sharding(mesh, state.opt_state))
     return jax.tree.map(lambda _: rep, state)
 
@@ -83,7 +82,7 @@ def make_train_step(cfg, model, tx, mesh, state: TrainState, base_key: jax.Array
         inputs = {k: batch[k] for k in keys}
 
         def loss_fn(params):
-            variables = {"params": stop_frozen_gradients(params, frozen), "batch_stats": state.batch_stats}
+            variables = {"params": stop_frozen_gradients(params, frozen), **state.model_state}
             if mutable:
                 losses, updated = model.apply(variables, key, inputs, method=model.losses, mutable=mutable)
             else:
@@ -94,8 +93,8 @@ def make_train_step(cfg, model, tx, mesh, state: TrainState, base_key: jax.Array
         (total, (losses, updated)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        batch_stats = updated.get("batch_stats", state.batch_stats)
-        new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+        model_state = {**state.model_state, **updated}
+        new = state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state)
         finite = jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(params))
         new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)  # never apply a non-finite step
         return new, {"total_loss": jnp.where(finite, total, jnp.nan), **losses, "lr": schedule(state.step)}
@@ -263,7 +262,7 @@ def frozen_mask(model, params: dict) -> dict:
 
 
 def _variables(state: TrainState) -> dict:
-    return {"params": state.params, "batch_stats": state.batch_stats}
+    return {"params": state.params, **state.model_state}
 
 
 def _host_variables(state: TrainState) -> dict:

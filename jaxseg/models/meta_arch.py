@@ -21,7 +21,7 @@ training loop, loaders, converter) talks to models only through this interface:
   variable collections training updates besides ``params`` (e.g. "batch_stats" for trainable
   BatchNorm: batch statistics of the global batch, so averaged over devices).
 * ``checkpoint_adapter``: the name of the adapter in `jaxseg.checkpoint.adapters` that reads the
-  family's published checkpoints.
+  family's published checkpoints (None: the family reads only orbax directories).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def kernels_from_config(cfg) -> str | None:
 class MetaArch:
     """Mixin for a family's top-level nn.Module; see the module docstring for the contract."""
 
-    checkpoint_adapter: ClassVar[str] = "detectron2"
+    checkpoint_adapter: ClassVar[str | None] = None  # a family that reads published files names its adapter
 
     @classmethod
     def from_config(cls, cfg) -> MetaArch:

@@ -9,7 +9,7 @@ stages for parity tests and for the training step.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -41,6 +41,7 @@ class GeneralizedRCNN(nn.Module, MetaArch):
     mask_threshold: float = 0.5
     kernels: str | None = None
     precision: str = "highest"
+    checkpoint_adapter: ClassVar[str] = "detectron2"
 
     @classmethod
     def from_config(cls, cfg) -> GeneralizedRCNN:
