@@ -7,6 +7,14 @@ better), the cold compile time of jaxseg's first call with an empty persistent c
 first-call time of a fresh process that reuses that cache.
 
     python benchmarks/inference_maskrcnn.py [--threads N] [--runs 5] [--kernels xla|ffi] [--json out.json] [--breakdown]
+    python benchmarks/inference_maskrcnn.py --mixed-sizes 20 [--buckets 800x1088,1088x800,...] [--seed 0]
+
+--mixed-sizes N: jaxseg alone on N seeded synthetic pictures of COCO-like sizes (each side drawn from
+480..640, both orientations: the fixture picture resized to them), once with the default padding (to
+multiples of 32) and once with TEST.BUCKETS, each in a process without a persistent compilation cache. Prints
+the distinct padded input sizes, the XLA programs each predictor stage built and their compile time, the time
+of the first pass over the pictures (compiles included) and of a second pass, and the mean padded pixels per
+real pixel: the trade between compiles and padding.
 
 Threads: torch.set_num_threads(N). XLA:CPU sizes its intra-op thread pool from the process's CPU
 affinity mask (tsl::port::MaxParallelism), and no XLA_FLAGS entry changes that pool in jax 0.10:
@@ -40,7 +48,13 @@ FIXTURE = REPO / "tests" / "data" / "d2_maskrcnn"
 IMAGE_HW = (800, 1333)
 WEIGHT_SEED = 1
 FIRST_CALL_TAG = "FIRST_CALL_S="
+MIXED_TAG = "MIXED_FIGURES="
 KERNELS_ENV = "JAXSEG_BENCH_KERNELS"
+COCO_SIDE_RANGE = (480, 640)  # sides of the synthetic COCO-like pictures of --mixed-sizes (COCO val: mostly 640x480)
+# hold every resized COCO picture (MIN_SIZE_TEST 800, MAX_SIZE_TEST 1333): short side <= 800, long <= 1333 -> 1344;
+# the 1088 ones hold pictures up to 4:3 (800 x 1067), most of COCO
+DEFAULT_BUCKETS = "800x1088,1088x800,800x1344,1344x800"
+TRACE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--first-call-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--kernels", default="", help="MODEL.KERNELS for jaxseg: '' (automatic), xla, ffi, triton")
     ap.add_argument("--weights", help=argparse.SUPPRESS)
+    ap.add_argument("--mixed-sizes", type=int, default=0, metavar="N",
+                    help="instead: jaxseg on N pictures of mixed COCO-like sizes, without and with TEST.BUCKETS")
+    ap.add_argument("--buckets", default=DEFAULT_BUCKETS,
+                    help=f"--mixed-sizes: TEST.BUCKETS as HxW,HxW,... ({DEFAULT_BUCKETS})")
+    ap.add_argument("--seed", type=int, default=0, help="--mixed-sizes: seed of the picture sizes (0)")
+    ap.add_argument("--mixed-child", choices=("plain", "buckets"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.kernels:
         os.environ[KERNELS_ENV] = args.kernels
@@ -95,14 +115,15 @@ def write_weights(path: Path) -> Path:
 # ---------------------------------------------------------------- models
 
 
-def build_jaxseg(weights: Path, cache_dir: Path) -> Any:
-    """jaxseg Predictor on the R50-FPN 3x config; its persistent compilation cache lives in `cache_dir`."""
+def build_jaxseg(weights: Path, cache_dir: Path, opts: list[str] | None = None) -> Any:
+    """jaxseg Predictor on the R50-FPN 3x config (plus config `opts`); its persistent compilation cache lives
+    in `cache_dir`."""
     os.environ["JAXSEG_CACHE_DIR"] = str(cache_dir)
     from jaxseg.config import setup_cfg
     from jaxseg.engine.predictor import Predictor
 
     kernels = os.environ.get(KERNELS_ENV, "")  # --kernels, passed to the child process through the environment
-    return Predictor(setup_cfg(str(CONFIG), ["MODEL.KERNELS", kernels]), str(weights))
+    return Predictor(setup_cfg(str(CONFIG), ["MODEL.KERNELS", kernels, *(opts or [])]), str(weights))
 
 
 def build_torchvision(threads: int) -> Any:
@@ -229,6 +250,138 @@ def print_report(fig: dict[str, Any]) -> None:
           f"warm_cache_first_call_s={fig['warm_cache_first_call_s']:.2f}")
 
 
+# ---------------------------------------------------------------- --mixed-sizes
+
+
+def parse_buckets(text: str) -> tuple[tuple[int, int], ...]:
+    """'800x1088,1088x800' -> ((800, 1088), (1088, 800))."""
+    try:
+        return tuple((int(h), int(w)) for h, w in (item.lower().split("x") for item in text.split(",") if item))
+    except ValueError:
+        raise SystemExit(f"--buckets {text!r}: expected HxW,HxW,... (e.g. {DEFAULT_BUCKETS})") from None
+
+
+def mixed_sizes(n: int, seed: int) -> list[tuple[int, int]]:
+    """n seeded (H, W) picture sizes, each side in COCO_SIDE_RANGE, landscape or portrait with even odds."""
+    rng = np.random.default_rng(seed)
+    sizes = []
+    for _ in range(n):
+        short, long = sorted(int(v) for v in rng.integers(COCO_SIDE_RANGE[0], COCO_SIDE_RANGE[1] + 1, size=2))
+        sizes.append((short, long) if rng.random() < 0.5 else (long, short))
+    return sizes
+
+
+def mixed_pictures(sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """The fixture picture resized (Pillow bilinear) to each (H, W), as BGR uint8 (the predictor's format)."""
+    from PIL import Image
+
+    with Image.open(FIXTURE / "image.png") as im:
+        rgb = im.convert("RGB")
+        return [np.ascontiguousarray(np.array(rgb.resize((w, h), Image.BILINEAR))[:, :, ::-1]) for h, w in sizes]
+
+
+def trace_lower_listener(store: dict[str, float], names: tuple[str, ...]) -> Callable[..., None]:
+    """A jax monitoring listener that adds the tracing and MLIR lowering seconds of the functions `names`."""
+
+    def listener(event: str, duration: float, **kwargs: Any) -> None:
+        if event in TRACE_EVENTS and any(name in str(kwargs.get("fun_name", "")) for name in names):
+            store[event] = store.get(event, 0.0) + float(duration)
+
+    return listener
+
+
+def mixed_child(args: argparse.Namespace) -> None:
+    """Child mode: one predictor (plain padding or TEST.BUCKETS) on the mixed-size pictures, no persistent cache;
+    prints its figures as one JSON line."""
+    import jax
+
+    jax.config.update("jax_enable_compilation_cache", False)  # every program compiled here, none loaded
+    from jaxseg.engine.predictor import STAGE_FUNCTION_NAMES
+
+    trace: dict[str, float] = {}
+    jax.monitoring.register_event_duration_secs_listener(
+        trace_lower_listener(trace, tuple(STAGE_FUNCTION_NAMES.values())))
+    buckets = parse_buckets(args.buckets) if args.mixed_child == "buckets" else ()
+    opts = ["TEST.BUCKETS", repr(buckets)] if buckets else []
+    with tempfile.TemporaryDirectory(prefix="jaxseg_bench_cache_") as cache_dir:  # stays empty: cache off
+        predictor = build_jaxseg(Path(args.weights), Path(cache_dir), opts)
+    sizes = mixed_sizes(args.mixed_sizes, args.seed)
+    pictures = mixed_pictures(sizes)
+    spec = predictor.input_spec
+    ratios = []
+    for h, w in sizes:
+        nh, nw = spec.test_size(h, w)
+        ph, pw = spec.padded_size(nh, nw)
+        ratios.append(ph * pw / (nh * nw))
+    passes = []
+    for _ in range(2):  # the first pass compiles, the second runs what is compiled
+        start = time.perf_counter()
+        detections = sum(len(predictor(picture).scores) for picture in pictures)
+        passes.append(time.perf_counter() - start)
+    seen = predictor.sizes_seen()
+    fig = {"mode": args.mixed_child, "buckets": [list(b) for b in buckets], "images": len(sizes),
+           "padded_sizes": len(seen["forward"]), "canvas_sizes": len(seen["postprocess"]),
+           "compiles": predictor.compile_counts(), "compile_s": predictor.compile_seconds(),
+           "trace_lower_s": sum(trace.values()), "first_pass_s": passes[0], "second_pass_s": passes[1],
+           "padded_per_real_px": float(np.mean(ratios)), "max_padded_per_real_px": float(np.max(ratios)),
+           "detections": detections}
+    print(f"{MIXED_TAG}{json.dumps(fig)}", flush=True)
+
+
+def mixed_sizes_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Both modes of --mixed-sizes, each in a fresh process (this script with --mixed-child) on the same weights."""
+    load_before = os.getloadavg()[0]
+    fig: dict[str, Any] = {"threads": args.threads, "images": args.mixed_sizes, "seed": args.seed,
+                           "sizes": [list(s) for s in mixed_sizes(args.mixed_sizes, args.seed)]}
+    with tempfile.TemporaryDirectory(prefix="jaxseg_bench_") as tmp:
+        weights = write_weights(Path(tmp) / "weights.pkl")
+        for mode in ("plain", "buckets"):
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--mixed-child", mode, "--threads", str(args.threads),
+                   "--weights", str(weights), "--mixed-sizes", str(args.mixed_sizes), "--seed", str(args.seed),
+                   "--buckets", args.buckets]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MIXED_TAG)]
+            if not lines:
+                raise RuntimeError(f"{mode} child failed (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
+            fig[mode] = json.loads(lines[-1][len(MIXED_TAG):])
+    fig["load_before"], fig["load_after"] = load_before, os.getloadavg()[0]
+    return fig
+
+
+def print_mixed_report(fig: dict[str, Any]) -> None:
+    plain, bucketed = fig["plain"], fig["buckets"]
+    print(f"jaxseg Mask R-CNN R50-FPN, CPU, {fig['threads']} threads, {fig['images']} pictures of mixed COCO-like "
+          f"sizes (sides {COCO_SIDE_RANGE[0]}..{COCO_SIDE_RANGE[1]}, seed {fig['seed']}), no persistent cache")
+    print("  TEST.BUCKETS: " + ", ".join(f"{h}x{w}" for h, w in bucketed["buckets"]))
+    rows = [
+        ("distinct padded input sizes", "padded_sizes", "d"),
+        ("stage-1 programs (forward)", lambda m: m["compiles"]["forward"], "d"),
+        ("stage-2 programs (postprocess)", lambda m: m["compiles"]["postprocess"], "d"),
+        ("stage-1 XLA compile (s)", lambda m: m["compile_s"]["forward"], ".1f"),
+        ("stage-2 XLA compile (s)", lambda m: m["compile_s"]["postprocess"], ".1f"),
+        ("trace + lower, both stages (s)", "trace_lower_s", ".1f"),
+        ("first pass, compiles included (s)", "first_pass_s", ".1f"),
+        ("second pass, all compiled (s)", "second_pass_s", ".1f"),
+        ("mean padded px / real px", "padded_per_real_px", ".3f"),
+        ("max padded px / real px", "max_padded_per_real_px", ".3f"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"  {'':<{width}}  {'plain':>8}  {'buckets':>8}")
+    for name, key, fmt in rows:
+        get = key if callable(key) else (lambda m, k=key: m[k])
+        print(f"  {name:<{width}}  {get(plain):>8{fmt}}  {get(bucketed):>8{fmt}}")
+    print(f"  load average (1 min) before/after: {fig['load_before']:.1f}/{fig['load_after']:.1f} "
+          f"({os.cpu_count()} cores)")
+    parts = []
+    for mode, m in (("plain", plain), ("buckets", bucketed)):
+        parts += [f"{mode}_sizes={m['padded_sizes']}", f"{mode}_forward_compiles={m['compiles']['forward']}",
+                  f"{mode}_postprocess_compiles={m['compiles']['postprocess']}",
+                  f"{mode}_compile_s={sum(m['compile_s'].values()):.1f}",
+                  f"{mode}_first_pass_s={m['first_pass_s']:.1f}",
+                  f"{mode}_second_pass_s={m['second_pass_s']:.1f}", f"{mode}_padding={m['padded_per_real_px']:.3f}"]
+    print(f"RESULT mixed images={fig['images']} " + " ".join(parts))
+
+
 # ---------------------------------------------------------------- entry points
 
 
@@ -286,14 +439,21 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.threads < 1 or args.runs < 1:
-        raise SystemExit("--threads and --runs must be >= 1")
+    if args.threads < 1 or args.runs < 1 or args.mixed_sizes < 0:
+        raise SystemExit("--threads and --runs must be >= 1, --mixed-sizes >= 0")
     configure_threads(args.threads)
     if args.first_call_only:
         first_call_only(args)
         return
-    fig = benchmark(args)
-    print_report(fig)
+    if args.mixed_child:
+        mixed_child(args)
+        return
+    if args.mixed_sizes:
+        fig = mixed_sizes_benchmark(args)
+        print_mixed_report(fig)
+    else:
+        fig = benchmark(args)
+        print_report(fig)
     if args.json:
         Path(args.json).write_text(json.dumps(fig, indent=2) + "\n")
 

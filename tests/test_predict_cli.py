@@ -9,16 +9,22 @@ import pycocotools.mask as mask_util
 import pytest
 from PIL import Image
 
+import jaxseg.visualize
 from jaxseg.checkpoint.loading import abstract_variables, load_weights
+from jaxseg.checkpoint.orbax_io import save_variables
 from jaxseg.config import setup_cfg
 from jaxseg.convert import main as convert_main
-from jaxseg.main import main
+from jaxseg.data import catalog, shapes
+from jaxseg.data.builtin_meta import COCO_THING_CLASSES
+from jaxseg.data.coco import register_coco_instances
+from jaxseg.main import dataset_metadata, main, picture_names
 from jaxseg.models.registry import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "COCO-InstanceSegmentation")
 CONFIG = os.path.join(CONFIGS, "mask_rcnn_R_50_FPN_3x.yaml")
 ASTRONAUT = os.path.join(ROOT, "tests", "data", "d2_maskrcnn", "image.png")
+QUICKSTART = os.path.join(ROOT, "configs", "quickstart", "shapes_mask_rcnn.yaml")
 
 
 def _odd_images(tmp_path):
@@ -52,7 +58,7 @@ def test_predict_writes_pictures_and_coco_json(tmp_path, d2_maskrcnn_weights):
         assert pic.size == (128, 96) and pic.mode == "RGB"
     results = json.load(open(out / "coco_instances_results.json"))
     assert results, "the random model detects something on these pictures"
-    assert {r["file_name"] for r in results} <= {p.name for p in paths.values()}
+    assert {r["file_name"] for r in results} <= {str(p) for p in paths.values()}
     assert all(r["image_id"] in range(len(paths)) for r in results)
     coco_ids = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31,
                 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57,
@@ -100,3 +106,112 @@ def test_convert_then_load_directory(tmp_path, d2_maskrcnn_weights):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert convert_main([d2_maskrcnn_weights, str(out), "--config", CONFIG]) == 2  # never overwrites
+
+
+# ----------------------------------------------------------------------------------------------------
+# --predict with the quickstart model: class names and ids from the dataset, unique picture names
+# ----------------------------------------------------------------------------------------------------
+
+
+def _quickstart_weights(tmp_path) -> str:
+    """A converted-directory MODEL.WEIGHTS of seeded random quickstart variables (no model.init compile)."""
+    from test_predictor_buckets import random_variables
+
+    path = str(tmp_path / "weights")
+    save_variables(path, random_variables(build_model(setup_cfg(QUICKSTART, []))))
+    return path
+
+
+def _picture(path, seed: int) -> np.ndarray:
+    """A 96x128 RGB JPEG of the astronaut (seed 1: upside down), written to path; returns its decoded pixels."""
+    rgb = np.asarray(Image.open(ASTRONAUT).convert("RGB").resize((128, 96)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(rgb[::-1] if seed else rgb)).save(path, quality=95)
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_predict_uses_the_config_datasets_classes(tmp_path, monkeypatch):
+    """The quickstart model (6 classes, DATASETS.TEST shapes_val): shapes' names on the pictures and shapes'
+    category ids in the json, not COCO's or none."""
+    monkeypatch.setenv("JAXSEG_DATASETS", str(tmp_path / "datasets"))  # shapes_val is generated here if needed
+    drawn = []
+    real_draw = jaxseg.visualize.draw_instances
+
+    def draw(*args, **kwargs):
+        drawn.append(args[5])
+        return real_draw(*args, **kwargs)
+
+    monkeypatch.setattr(jaxseg.visualize, "draw_instances", draw)
+    image = tmp_path / "in" / "pic.jpg"
+    _picture(image, 0)
+    out = tmp_path / "out"
+    rc = main(["--config", QUICKSTART, "--predict", str(image), "--output", str(out), "--confidence-threshold", "0",
+               "MODEL.WEIGHTS", _quickstart_weights(tmp_path)])
+    assert rc == 0
+    assert drawn == [list(shapes.CLASSES)]
+    results = json.load(open(out / "coco_instances_results.json"))
+    assert results, "the random model detects something"
+    assert {r["category_id"] for r in results} <= set(range(1, len(shapes.CLASSES) + 1))  # the shapes json's ids
+
+
+def test_predict_same_file_name_in_two_folders(tmp_path):
+    """a/x.jpg and b/x.jpg: two pictures (x.png, x_1.png), each of its own input; the json names the paths."""
+    a, b = tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg"
+    pixels = {str(a): _picture(a, 0), str(b): _picture(b, 1)}
+    out = tmp_path / "out"
+    rc = main(["--config", QUICKSTART, "--predict", str(a), str(b), "--output", str(out),
+               "--confidence-threshold", "2",  # nothing drawn: each picture is its input's pixels
+               "MODEL.WEIGHTS", _quickstart_weights(tmp_path), "DATASETS.TEST", "()", "DATASETS.TRAIN", "()"])
+    assert rc == 0
+    assert sorted(f for f in os.listdir(out) if f.endswith(".png")) == ["x.png", "x_1.png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "x.png")), pixels[str(a)])
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "x_1.png")), pixels[str(b)])
+    results = json.load(open(out / "coco_instances_results.json"))
+    assert {r["file_name"] for r in results} == {str(a), str(b)}
+    assert {r["image_id"] for r in results if r["file_name"] == str(b)} == {1}
+
+
+def test_picture_names_are_unique():
+    assert picture_names(["a/x.jpg", "b/x.jpg", "c/x.png", "x_1.jpg", "d/X.jpg", "y.jpg"]) == [
+        "x.png", "x_1.png", "x_2.png", "x_1_1.png", "X_3.png", "y.png"]
+
+
+@pytest.fixture
+def custom_dataset(tmp_path, monkeypatch):
+    """A registered COCO-json dataset with 3 categories of ids 5, 9, 12; loading its records is forbidden."""
+    name = "predict_meta_test_custom"
+    categories = [{"id": 12, "name": "kiwi"}, {"id": 5, "name": "apple"}, {"id": 9, "name": "fig"}]
+    json_file = tmp_path / "instances.json"
+    json_file.write_text(json.dumps({"images": [], "annotations": [], "categories": categories}))
+    register_coco_instances(name, json_file, tmp_path)
+    real_load = catalog.get_dataset_dicts
+
+    def load(dataset):
+        assert dataset != name, "metadata is read from the json, without loading the dataset"
+        return real_load(dataset)
+
+    monkeypatch.setattr(catalog, "get_dataset_dicts", load)
+    yield name
+    catalog.remove_dataset(name)
+
+
+def test_dataset_metadata_picks_the_dataset_with_the_models_class_count(custom_dataset):
+    cfg = setup_cfg(QUICKSTART, ["DATASETS.TEST", f"('not_registered', 'coco_2017_val', '{custom_dataset}')"])
+    meta = dataset_metadata(cfg, 3)
+    assert meta["thing_classes"] == ["apple", "fig", "kiwi"]
+    assert meta["contiguous_to_dataset_id"] == {0: 5, 1: 9, 2: 12}
+    assert meta["dataset"] == custom_dataset
+    coco = dataset_metadata(cfg, 80)  # coco_2017_val's metadata, without its (absent) json
+    assert coco["thing_classes"] == list(COCO_THING_CLASSES) and coco["dataset"] == "coco_2017_val"
+    assert coco["contiguous_to_dataset_id"][79] == 90
+    train_only = setup_cfg(QUICKSTART, ["DATASETS.TEST", "()", "DATASETS.TRAIN", f"('{custom_dataset}',)"])
+    assert dataset_metadata(train_only, 3)["contiguous_to_dataset_id"] == {0: 5, 1: 9, 2: 12}
+
+
+def test_dataset_metadata_fallbacks():
+    cfg = setup_cfg(QUICKSTART, ["DATASETS.TEST", "()", "DATASETS.TRAIN", "()"])
+    coco = dataset_metadata(cfg, 80)
+    assert coco["thing_classes"] == list(COCO_THING_CLASSES) and coco["contiguous_to_dataset_id"][0] == 1
+    plain = dataset_metadata(cfg, 4)
+    assert plain["thing_classes"] is None and plain["contiguous_to_dataset_id"] == {0: 1, 1: 2, 2: 3, 3: 4}
+    assert dataset_metadata(cfg, 2, ["cat", "dog"])["thing_classes"] == ["cat", "dog"]  # the model's own names

@@ -2,8 +2,9 @@
 
 Host: read/resize the image exactly as detectron2 (Pillow, uint8), pad it as model.input_spec says (size
 divisibility, or the smallest TEST.BUCKETS entry that holds it).
-Device, stage 1 (one program per padded input size): normalize -> backbone -> RPN -> ROI heads.
-Device, stage 2 (one program per mask canvas size): boxes to the original image, mask paste.
+Device, stage 1 (one program per padded input size): `model.apply`, e.g. normalize -> backbone -> RPN -> ROI
+heads for Mask R-CNN. Device, stage 2 (one program per mask canvas size): `model.postprocess`, boxes to the
+original image, masks pasted.
 Host again: drop padding rows and crop the mask canvas to the image.
 
 `Predictor.compile_counts()` counts the XLA programs each stage really built (compiled, or loaded from the
@@ -90,8 +91,9 @@ def _stage_functions(model) -> tuple[Any, Any]:
 class Predictor:
     """`Predictor(cfg, weights)(image) -> Instances` on the original image (boxes, scores, classes, masks).
 
-    `image` is an (H, W, 3) uint8 array in cfg.INPUT.FORMAT channel order (BGR for detectron2 configs), as
-    DefaultPredictor takes; `Predictor.from_path` reads a file like detectron2's read_image does.
+    `image` is an (H, W, 3) uint8 array in the model's channel order (`model.input_spec.format`: BGR for
+    detectron2 configs), as DefaultPredictor takes; `Predictor.from_path` reads a file like detectron2's
+    read_image does.
     """
 
     def __init__(self, cfg, weights: str | dict[str, Any] | None = None):
