@@ -26,3 +26,12 @@ def d2_maskrcnn_weights(tmp_path_factory) -> str:
     with open(path, "wb") as f:
         pickle.dump(make_weights.make_weights(keys, seed=1), f, protocol=4)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory):
+    """$JAXSEG_DATASETS in the session's tmp folder (shared with other modules: generated once)."""
+    root = tmp_path_factory.getbasetemp() / "jaxseg_datasets"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAXSEG_DATASETS", str(root))
+        yield root

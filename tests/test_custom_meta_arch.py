@@ -75,15 +75,6 @@ def toy():
 
 
 @pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory):
-    """$JAXSEG_DATASETS in the session's tmp folder (shared with other modules: generated once)."""
-    root = tmp_path_factory.getbasetemp() / "jaxseg_datasets"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JAXSEG_DATASETS", str(root))
-        yield root
-
-
-@pytest.fixture(scope="module")
 def toy_run(tmp_path_factory, shapes_root, toy):
     """Train the toy through `main` once: (config file, OUTPUT_DIR, the batches `losses` was traced with)."""
     work = tmp_path_factory.mktemp("toy")

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from jaxseg.config import setup_cfg
 from jaxseg.data import loaders
@@ -25,15 +24,6 @@ MAX_ITER = 40
 SHORT_SCHEDULE = ["SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.WARMUP_ITERS", "20", "SOLVER.BASE_LR", "0.01",
                   "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", "1000", "SOLVER.LOG_PERIOD", "1",
                   "DATALOADER.NUM_WORKERS", "0"]
-
-
-@pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory):
-    """$JAXSEG_DATASETS in the session's tmp folder (shared with other modules: generated once)."""
-    root = tmp_path_factory.getbasetemp() / "jaxseg_datasets"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JAXSEG_DATASETS", str(root))
-        yield root
 
 
 def _recording_loader(seen: list[dict]):
