@@ -57,8 +57,9 @@ def train_and_evaluate(cfg, args: argparse.Namespace) -> int:
     Multi-process: every process trains and evaluates; process 0 alone draws and prints.
     """
     from jaxseg.engine.inference import evaluate_all
+    from jaxseg.engine.sharding import is_main_process
     from jaxseg.engine.train import train
-    from jaxseg.evaluation.coco import METRICS, is_main_process
+    from jaxseg.evaluation.coco import METRICS
 
     if args.num_devices < 0:
         raise UserError(f"--num-devices {args.num_devices}: must be 0 (all devices) or a positive count")
@@ -83,7 +84,7 @@ def train_and_evaluate(cfg, args: argparse.Namespace) -> int:
 def draw_dataset_predictions(cfg, variables, dataset_name: str, out_dir: str, confidence: float,
                              num_images: int = 8) -> None:
     """PNGs of the model's predictions on the first images of a dataset (process 0 only draws)."""
-    from jaxseg.evaluation.coco import is_main_process
+    from jaxseg.engine.sharding import is_main_process
 
     if not is_main_process():
         return

@@ -70,7 +70,8 @@ def ground_truth_eval(dataset: str) -> dict:
     import pycocotools.mask as mask_util
 
     from jaxseg.data.catalog import get_metadata
-    from jaxseg.evaluation.coco import COCOEvaluator, process_info
+    from jaxseg.engine.sharding import process_info
+    from jaxseg.evaluation.coco import COCOEvaluator
 
     index, count = process_info()
     evaluator = COCOEvaluator(get_metadata(dataset)["json_file"])

@@ -13,8 +13,9 @@ from tqdm import tqdm
 
 from jaxseg.data.catalog import get_dataset_dicts, get_metadata
 from jaxseg.engine.predictor import Predictor
+from jaxseg.engine.sharding import is_main_process, process_info
 from jaxseg.errors import UserError
-from jaxseg.evaluation.coco import COCOEvaluator, instances_to_coco_json, is_main_process, process_info
+from jaxseg.evaluation.coco import COCOEvaluator, instances_to_coco_json
 
 
 def contiguous_to_dataset_id(meta: dict) -> dict[int, int]:

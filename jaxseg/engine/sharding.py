@@ -7,6 +7,7 @@ part of the batch.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -142,3 +143,56 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
     if global_batch_size % n:
         raise UserError(f"SOLVER.IMS_PER_BATCH {global_batch_size} does not split over {n} devices")
     return global_batch_size // jax.process_count()
+
+
+# -- processes: who writes, and JSON across processes ------------------------------------------
+
+
+def process_info() -> tuple[int, int]:
+    """(index, count) of this process in a jax.distributed run; (0, 1) otherwise (never starts a backend)."""
+    if not jax.distributed.is_initialized():
+        return 0, 1
+    return jax.process_index(), jax.process_count()
+
+
+def is_main_process() -> bool:
+    """Process 0, the one that writes files."""
+    return process_info()[0] == 0
+
+
+def _json_bytes(obj: Any) -> np.ndarray:
+    return np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)
+
+
+def _from_json_bytes(buf: np.ndarray) -> Any:
+    return json.loads(np.asarray(buf, np.uint8).tobytes().decode("utf-8"))
+
+
+def all_gather_json(obj: Any) -> list[Any]:
+    """Every process's JSON-serialisable `obj`, in process order (a collective: every process calls it).
+
+    Sent as one length-prefixed byte buffer per process (padded to the longest) over process_allgather.
+    """
+    if process_info()[1] == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    data = _json_bytes(obj)
+    sizes = np.asarray(multihost_utils.process_allgather(np.array([data.size], np.int64))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:data.size] = data
+    gathered = np.asarray(multihost_utils.process_allgather(padded))
+    return [_from_json_bytes(gathered[i, :int(n)]) for i, n in enumerate(sizes)]
+
+
+def broadcast_json(obj: Any) -> Any:
+    """Process 0's JSON-serialisable `obj` on every process (a collective; the others' `obj` is ignored)."""
+    if process_info()[1] == 1:
+        return obj
+    from jax.experimental import multihost_utils
+
+    main = is_main_process()
+    data = _json_bytes(obj) if main else np.zeros(0, np.uint8)
+    size = int(multihost_utils.broadcast_one_to_all(np.array(data.size if main else 0, np.int64)))
+    buf = data if main else np.zeros(size, np.uint8)
+    return _from_json_bytes(multihost_utils.broadcast_one_to_all(buf))

@@ -112,7 +112,7 @@ class MetricsWriter:
 
     def __init__(self, output_dir: str, resume_step: int = 0, enabled: bool | None = None):
         self.path = os.path.join(output_dir, "metrics.json")
-        self.enabled = jax.process_index() == 0 if enabled is None else bool(enabled)
+        self.enabled = shd.is_main_process() if enabled is None else bool(enabled)
         self.tb = None
         if not self.enabled:
             return
@@ -200,7 +200,7 @@ def train(cfg, *, num_devices: int = 0, resume: bool = False, eval_fn: Callable 
     log_period = max(cfg.SOLVER.LOG_PERIOD, 1)
     batches = loader.batches(start)
     bar = tqdm(range(start, total), initial=start, total=total, desc="train", unit="it", dynamic_ncols=True,
-               disable=jax.process_index() != 0)
+               disable=not shd.is_main_process())
     try:
         for it in bar:
             t0 = time.perf_counter()

@@ -23,12 +23,12 @@ import logging
 import math
 import numbers
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
+from jaxseg.engine.sharding import all_gather_json, broadcast_json, is_main_process, process_info
 from jaxseg.errors import UserError
 from jaxseg.fileio import write_json_atomic
 
@@ -164,58 +164,6 @@ def json_safe(results: dict) -> dict:
     """NaN -> null, so that metrics files are strict JSON."""
     return {task: {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in m.items()}
             for task, m in results.items()}
-
-
-# ---------------------------------------------------------------------------------------------- processes
-def process_info() -> tuple[int, int]:
-    """(index, count) of this process in a jax.distributed run; (0, 1) otherwise (never starts a backend)."""
-    jax = sys.modules.get("jax")
-    if jax is None or not jax.distributed.is_initialized():
-        return 0, 1
-    return jax.process_index(), jax.process_count()
-
-
-def is_main_process() -> bool:
-    """Process 0, the one that writes files."""
-    return process_info()[0] == 0
-
-
-def _json_bytes(obj: Any) -> np.ndarray:
-    return np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)
-
-
-def _from_json_bytes(buf: np.ndarray) -> Any:
-    return json.loads(np.asarray(buf, np.uint8).tobytes().decode("utf-8"))
-
-
-def all_gather_json(obj: Any) -> list[Any]:
-    """Every process's JSON-serialisable `obj`, in process order (a collective: every process calls it).
-
-    Sent as one length-prefixed byte buffer per process (padded to the longest) over process_allgather.
-    """
-    if process_info()[1] == 1:
-        return [obj]
-    from jax.experimental import multihost_utils
-
-    data = _json_bytes(obj)
-    sizes = np.asarray(multihost_utils.process_allgather(np.array([data.size], np.int64))).reshape(-1)
-    padded = np.zeros(int(sizes.max()), np.uint8)
-    padded[:data.size] = data
-    gathered = np.asarray(multihost_utils.process_allgather(padded))
-    return [_from_json_bytes(gathered[i, :int(n)]) for i, n in enumerate(sizes)]
-
-
-def broadcast_json(obj: Any) -> Any:
-    """Process 0's JSON-serialisable `obj` on every process (a collective; the others' `obj` is ignored)."""
-    if process_info()[1] == 1:
-        return obj
-    from jax.experimental import multihost_utils
-
-    main = is_main_process()
-    data = _json_bytes(obj) if main else np.zeros(0, np.uint8)
-    size = int(multihost_utils.broadcast_one_to_all(np.array(data.size if main else 0, np.int64)))
-    buf = data if main else np.zeros(size, np.uint8)
-    return _from_json_bytes(multihost_utils.broadcast_one_to_all(buf))
 
 
 # ---------------------------------------------------------------------------------------------- tables
