@@ -32,7 +32,52 @@ from PIL import Image
 from jaxseg.data.coco import annotation_to_mask
 from jaxseg.data.transforms import BILINEAR, FlipTransform, ResizeTransform
 
-__all__ = ["box_aligned_mask", "full_image_bitmask", "paste_box_mask", "stride_sample", "strided_size"]
+__all__ = ["box_aligned_mask", "full_image_bitmask", "pack_polygons", "paste_box_mask", "polygon_capacity",
+           "stride_sample", "strided_size"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Polygons for the device (Mask R-CNN targets rasterised inside each sampled RoI)
+
+
+def polygon_capacity(records: Sequence[dict], multiple: int = 16) -> tuple[int, int]:
+    """(vertex slots S, polygons P) that hold every non-crowd polygon instance of ``records``: the most
+    vertices and polygons of one instance, rounded up to ``multiple`` (S) and to a multiple of 4 (P)."""
+    points = polygons = 1
+    for record in records:
+        for anno in record.get("annotations", ()):
+            segm = anno.get("segmentation")
+            if anno.get("iscrowd", 0) or not isinstance(segm, list) or not segm:
+                continue
+            points = max(points, sum(len(p) // 2 for p in segm))
+            polygons = max(polygons, len(segm))
+    return -(-points // multiple) * multiple, -(-polygons // 4) * 4
+
+
+def pack_polygons(instances: Sequence[Sequence[np.ndarray]], slots: int, max_polygons: int,
+                  where: str = "an image") -> dict[str, np.ndarray]:
+    """Polygons of G instances (each a list of (K, 2) float64 arrays, transformed into the training image)
+    -> the device layout read by `jaxseg.models.ops.rasterize`:
+
+    ``xy`` (G, S, 2, 2) uint32: the float64 x, y of each vertex slot as bit patterns (exact; jax arrays are
+    not float64), ``polygon`` (G, S) int32: the slot's polygon within its instance, -1 for padding (a
+    polygon's slots are consecutive), ``start`` (G, P) int32: each polygon's first slot (-1 padding).
+    """
+    xy = np.zeros((len(instances), slots, 2), np.float64)
+    polygon = np.full((len(instances), slots), -1, np.int32)
+    start = np.full((len(instances), max_polygons), -1, np.int32)
+    for g, polys in enumerate(instances):
+        n = sum(len(p) for p in polys)
+        if n > slots or len(polys) > max_polygons:
+            raise ValueError(f"{where}: instance {g} has {len(polys)} polygons with {n} vertices; the batch "
+                             f"layout holds {max_polygons} polygons with {slots} vertices per instance")
+        at = 0
+        for k, p in enumerate(polys):
+            xy[g, at:at + len(p)] = p
+            polygon[g, at:at + len(p)] = k
+            start[g, k] = at
+            at += len(p)
+    return {"xy": xy.view(np.uint32).reshape(len(instances), slots, 2, 2), "polygon": polygon, "start": start}
 
 
 # ----------------------------------------------------------------------------------------------
