@@ -7,11 +7,12 @@ the same reads, augmentations, masks and collation, no prefetch) and as the back
 * ``shapes``: the built-in synthetic shapes train split (128x128 PNGs, ``jaxseg.data.shapes.prepare``;
   a synthetic COCO json of the same kind when that module is missing), quickstart-like settings:
   MIN_SIZE_TRAIN (96..160), MAX_SIZE_TRAIN 256, 16 images per batch;
-* ``coco``: a synthetic COCO of 640x480-class JPEGs with ~7 polygon instances and one RLE each,
+* ``coco``: a synthetic COCO of 640x480-class JPEGs with ~8 polygon instances each (INPUT.MASK_FORMAT polygon),
   detectron2's COCO settings: MIN_SIZE_TRAIN (640..800), MAX_SIZE_TRAIN 1333, buckets 800x1344 and
   1344x800, 8 images per host batch.
 
-Both use the layout's defaults G=100 instances and S=56 mask pixels. The last line reads
+Both use the layout's default G=100 instances; shapes (RLE masks for occluded objects) INPUT.MASK_FORMAT
+bitmask, full-image masks. The last line reads
 ``RESULT shapes_ref_ips=... shapes_ips=... shapes_ratio=... coco_ref_ips=... coco_ips=... coco_ratio=...``
 with ``*_ips`` the best pipeline figure and ``ratio`` pipeline / single-threaded loop (higher is better).
 
@@ -39,7 +40,7 @@ from jaxseg.config import get_cfg  # noqa: E402
 from jaxseg.data.coco import load_coco_json, write_coco_json  # noqa: E402
 from jaxseg.data.input_spec import InputSpec  # noqa: E402
 from jaxseg.data.loaders import TrainLoader, build_train_loader  # noqa: E402
-from jaxseg.data.target_spec import TargetSpec  # noqa: E402
+from jaxseg.models.rcnn.rcnn import mask_target_spec  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,8 +79,8 @@ def synthetic_coco(root: Path, count: int, sizes: list[tuple[int, int]], fmt: st
         options = {"quality": 90} if fmt == "JPEG" else {}
         _synthetic_image(rng, h, w).save(root / "images" / name, format=fmt, **options)
         images.append({"id": index + 1, "file_name": name, "height": h, "width": w})
-        for k in range(int(rng.integers(4, 11))):
-            annotations.append(_synthetic_annotation(rng, len(annotations) + 1, index + 1, h, w, rle=k == 0))
+        for _ in range(int(rng.integers(4, 11))):
+            annotations.append(_synthetic_annotation(rng, len(annotations) + 1, index + 1, h, w, rle=False))
     categories = [{"id": i, "name": f"class{i}"} for i in range(1, 81)]
     write_coco_json(root / "instances.json", images, annotations, categories)
     return load_coco_json(root / "instances.json", root / "images")
@@ -118,7 +119,8 @@ def _synthetic_annotation(rng: np.random.Generator, ann_id: int, image_id: int, 
 def make_cfg(setting: str):
     cfg = get_cfg()
     cfg.MODEL.MASK_ON = True
-    if setting == "shapes":
+    if setting == "shapes":  # shapes has RLE masks (occluded objects): detectron2's bitmask format
+        cfg.INPUT.MASK_FORMAT = "bitmask"
         cfg.INPUT.MIN_SIZE_TRAIN = (96, 112, 128, 144, 160)
         cfg.INPUT.MAX_SIZE_TRAIN = 256
         cfg.SOLVER.IMS_PER_BATCH = 16
@@ -154,7 +156,7 @@ def run_setting(setting: str, records: list[dict], args: argparse.Namespace) -> 
              f"threads x{args.workers}": dict(num_workers=args.workers)}
     if not args.no_processes:
         modes[f"processes x{args.workers}"] = dict(num_workers=args.workers, use_processes=True)
-    specs = InputSpec.from_config(cfg, 32), TargetSpec(box_mask_size=cfg.INPUT.GT_MASK_RESOLUTION)  # Mask R-CNN's
+    specs = InputSpec.from_config(cfg, 32), mask_target_spec(cfg)  # Mask R-CNN's
     loaders = {name: build_train_loader(cfg, records, *specs, seed=0, process_index=0, process_count=1, **kw)
                for name, kw in modes.items()}
     batch = cfg.SOLVER.IMS_PER_BATCH

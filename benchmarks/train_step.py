@@ -1,8 +1,10 @@
 """Mask R-CNN R50-FPN training step on CPU: jaxseg against torchvision's maskrcnn_resnet50_fpn, in one run.
 
 Both models start from random weights, train on the same batch of 2 images of 800x1333 with the same 6
-ground-truth instances each (boxes, classes, masks), and take one SGD step (lr 0.02, momentum 0.9, weight
-decay 1e-4) per call: forward, losses, backward, update. jaxseg runs detectron2's mask_rcnn_R_50_FPN_3x
+ground-truth instances each (boxes, classes, polygons; torchvision gets their full-image masks), and take
+one SGD step (lr 0.02, momentum 0.9, weight decay 1e-4) per call: forward, losses, backward, update.
+jaxseg rasterises the polygons inside each sampled RoI, as detectron2 (INPUT.MASK_FORMAT polygon).
+jaxseg runs detectron2's mask_rcnn_R_50_FPN_3x
 (FrozenBN, FREEZE_AT 2, 512 RoIs per image); torchvision its maskrcnn_resnet50_fpn (FrozenBN, 3 trainable
 backbone stages, 512 RoIs per image).
 
@@ -40,21 +42,26 @@ INSTANCES = 6
 
 
 def make_batch(seed: int = 0) -> dict[str, np.ndarray]:
-    """Random images and GT: boxes (XYXY), classes (0..79) and full-image masks (ellipses in the boxes)."""
+    """Random images and GT: boxes (XYXY), classes (0..79), polygons (ellipses of 32 vertices in the boxes)
+    and the full-image masks of those polygons (pycocotools)."""
+    import pycocotools.mask as mask_util
+
     rng = np.random.default_rng(seed)
     h, w = HW
     images = rng.integers(0, 256, (BATCH, h, w, 3), dtype=np.uint8)
     xy = rng.uniform(0, [w - 300, h - 300], (BATCH, INSTANCES, 2))
     wh = rng.uniform(40, 300, (BATCH, INSTANCES, 2))
     boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
-    yy, xx = np.mgrid[:h, :w]
+    t = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+    centre, radius = (xy + wh / 2)[..., None, :], (wh / 2)[..., None, :]
+    polygons = centre + radius * np.stack([np.cos(t), np.sin(t)], -1)  # (B, I, 32, 2) float64
     masks = np.zeros((BATCH, INSTANCES, h, w), np.uint8)
     for b in range(BATCH):
-        for i, (x0, y0, x1, y1) in enumerate(boxes[b]):
-            cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
-            masks[b, i] = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+        for i in range(INSTANCES):
+            rle = mask_util.frPyObjects([polygons[b, i].ravel().tolist()], h, w)
+            masks[b, i] = mask_util.decode(mask_util.merge(rle))
     classes = rng.integers(0, 80, (BATCH, INSTANCES))
-    return {"images": images, "boxes": boxes, "classes": classes, "masks": masks}
+    return {"images": images, "boxes": boxes, "classes": classes, "polygons": polygons, "masks": masks}
 
 
 def jaxseg_step(data: dict[str, np.ndarray]):
@@ -62,21 +69,21 @@ def jaxseg_step(data: dict[str, np.ndarray]):
     import jax
 
     from jaxseg.config import setup_cfg
-    from jaxseg.data.masks import box_aligned_mask
+    from jaxseg.data.masks import pack_polygons
     from jaxseg.engine import sharding as shd
     from jaxseg.engine.train import init_train_state, make_train_step
     from jaxseg.models.registry import build_model
 
     cfg = setup_cfg(str(CONFIG), ["MODEL.WEIGHTS", "", "SOLVER.IMS_PER_BATCH", str(BATCH), "SOLVER.BASE_LR", "0.02",
                                   "SOLVER.WARMUP_ITERS", "0", "DATALOADER.MAX_GT_INSTANCES", str(INSTANCES)])
-    s = cfg.INPUT.GT_MASK_RESOLUTION
-    gt_masks = np.stack([[box_aligned_mask(_rle(m), box, s, HW) for m, box in zip(ms, bs)]
-                         for ms, bs in zip(data["masks"], data["boxes"])]).astype(np.uint8)
+    packed = [pack_polygons([[p] for p in image], 32, 4) for image in data["polygons"]]  # INPUT.MASK_FORMAT polygon
     padded = np.zeros((BATCH, -(-HW[0] // 32) * 32, -(-HW[1] // 32) * 32, 3), np.uint8)  # size divisibility
     padded[:, :HW[0], :HW[1]] = data["images"][..., ::-1]  # BGR, as detectron2 configs expect
     batch = {"images": padded, "image_hw": np.array([HW] * BATCH, np.int32),
              "gt_boxes": data["boxes"], "gt_classes": data["classes"].astype(np.int32),
-             "gt_valid": np.ones((BATCH, INSTANCES), bool), "gt_masks": gt_masks}
+             "gt_valid": np.ones((BATCH, INSTANCES), bool),
+             **{f"gt_polygon_{k}": np.stack([p[k] for p in packed]) for k in ("xy", "polygon", "start")}}
+    batch["gt_polygon_id"] = batch.pop("gt_polygon_polygon")
     model = build_model(cfg)
     mesh = shd.build_mesh(1)
     state, tx = init_train_state(cfg, model, mesh, seed=0)
@@ -92,14 +99,6 @@ def jaxseg_step(data: dict[str, np.ndarray]):
         return float(metrics["total_loss"])
 
     return run, compile_s
-
-
-def _rle(mask: np.ndarray) -> dict:
-    import pycocotools.mask as mask_util
-
-    rle = mask_util.encode(np.asfortranarray(mask))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
 
 
 def torchvision_step(data: dict[str, np.ndarray]):

@@ -95,7 +95,7 @@ def make_cfg(output_dir: str):
     return setup_cfg(QUICKSTART, [
         "DATASETS.TRAIN", f"('{TRAIN}',)", "DATASETS.TEST", str(TESTS),
         "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64",
-        "INPUT.MAX_SIZE_TEST", "64", "INPUT.GT_MASK_RESOLUTION", "28",
+        "INPUT.MAX_SIZE_TEST", "64",
         "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",  # an untrained model's detections still count
         "SOLVER.IMS_PER_BATCH", "8", "SOLVER.MAX_ITER", "3", "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "1",

@@ -174,9 +174,9 @@ def test_defaults_keep_detectron2_values_and_types() -> None:
     assert cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS == (512,) * 8
     assert cfg.SOLVER.WEIGHT_DECAY_BIAS is None and cfg.SOLVER.WARMUP_FACTOR == 0.001
     assert cfg.TEST.AUG.ENABLED is False and cfg.SOLVER.AMP.ENABLED is False
-    # detectron2 defaults.py has 192 keys; jaxseg adds 6 (SOLVER.LOG_PERIOD, MODEL.FSDP, MODEL.KERNELS,
-    # DATALOADER.MAX_GT_INSTANCES, INPUT.GT_MASK_RESOLUTION, TEST.BUCKETS)
-    assert len(flat(cfg)) == len(cfg.full_keys()) == 192 + 6
+    # detectron2 defaults.py has 192 keys; jaxseg adds 5 (SOLVER.LOG_PERIOD, MODEL.FSDP, MODEL.KERNELS,
+    # DATALOADER.MAX_GT_INSTANCES, TEST.BUCKETS)
+    assert len(flat(cfg)) == len(cfg.full_keys()) == 192 + 5
     assert cfg.TEST.BUCKETS == ()
 
 

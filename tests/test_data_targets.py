@@ -144,7 +144,7 @@ def test_gt_bitmasks_follow_adelaidet_rule(records, stride):
     flips, compared = set(), 0
     for step in range(4):
         batch = loader.load_batch(step)
-        assert set(batch) == {"images", "image_hw", "image_id", *spec.keys()} and "gt_masks" not in batch
+        assert set(batch) == {"images", "image_hw", "image_id", *spec.keys()} and "gt_polygon_xy" not in batch
         b, hp, wp = batch["images"].shape[:3]
         bits = batch["gt_bitmasks"]
         assert bits.shape == (b, G, hp // stride, wp // stride) and bits.dtype == np.uint8
@@ -166,11 +166,49 @@ def test_gt_bitmasks_follow_adelaidet_rule(records, stride):
     assert flips == {False, True} and compared == 4 * 2 * 5
 
 
-def test_bitmasks_and_box_masks_together(records):
-    both = train_loader(records, TargetSpec(box_mask_size=28, bitmask_stride=4)).load_batch(1)
-    boxes_only = train_loader(records, TargetSpec()).load_batch(1)
-    assert set(both) == {"images", "image_hw", "image_id", *TargetSpec(28, 4).keys()}
-    assert both["gt_masks"].shape[2:] == (28, 28)
+def _polygon_only(records):
+    return [{**r, "annotations": [a for a in r["annotations"] if isinstance(a.get("segmentation"), list)]}
+            for r in records]
+
+
+def test_polygons_are_the_transformed_float64_points(records):
+    """gt_polygon_*: each instance's polygons moved by the resize and flip in float64, bit for bit, with the
+    capacity of the dataset's largest instance; a polygon instance's slots hold its parts in order."""
+    seed = 2
+    polys = _polygon_only(records)
+    spec = TargetSpec(polygons=True)
+    loader = train_loader(polys, spec, seed=seed)
+    assert loader.polygon_capacity == (16, 4)  # 6 vertices in 2 polygons at most, rounded up
+    resize, flip = ResizeShortestEdge(MIN_TRAIN, MAX_TRAIN), RandomFlip(0.5)
+    for step in range(3):
+        batch = loader.load_batch(step)
+        assert set(batch) == {"images", "image_hw", "image_id", *spec.keys()}
+        xy = batch["gt_polygon_xy"].view(np.float64)[..., 0]  # (B, G, S, 2)
+        for i, (epoch, position, index) in enumerate(loader.keys(step)[0]):
+            record = loader.dataset_dicts[index]
+            rng = np.random.default_rng([seed, 1, epoch, position])
+            _, transforms = apply_augmentations([resize, flip], read_image(record["file_name"]), rng)
+            annos = [a for a in record["annotations"] if not a["iscrowd"]]
+            for g, anno in enumerate(annos):
+                moved = [transforms.apply_coords(np.reshape(p, (-1, 2))) for p in anno["segmentation"]]
+                n = sum(len(p) for p in moved)
+                np.testing.assert_array_equal(xy[i, g, :n], np.concatenate(moved))
+                ids = [k for k, p in enumerate(moved) for _ in p] + [-1] * (16 - n)
+                assert list(batch["gt_polygon_id"][i, g]) == ids
+                assert list(batch["gt_polygon_start"][i, g, :len(moved)]) == [0, 3][:len(moved)]
+            assert (batch["gt_polygon_id"][i, len(annos):] == -1).all()
+
+
+def test_polygon_format_refuses_rle_and_missing_masks(records):
+    with pytest.raises(UserError, match=r"annotation .* has an RLE segmentation; .*INPUT.MASK_FORMAT bitmask"):
+        train_loader(records, TargetSpec(polygons=True))
+
+
+def test_bitmasks_and_polygons_together(records):
+    polys = _polygon_only(records)
+    both = train_loader(polys, TargetSpec(polygons=True, bitmask_stride=4)).load_batch(1)
+    boxes_only = train_loader(polys, TargetSpec()).load_batch(1)
+    assert set(both) == {"images", "image_hw", "image_id", *TargetSpec(True, 4).keys()}
     for key in boxes_only:
         np.testing.assert_array_equal(both[key], boxes_only[key], err_msg=key)
 
@@ -192,7 +230,7 @@ def test_mask_on_false_builds_only_the_model_keys(records, monkeypatch):
     with_masks = build_model(setup_cfg(QUICKSTART, [*opts, "MODEL.MASK_ON", "True"]))
     cfg = setup_cfg(QUICKSTART, [*opts, "MODEL.MASK_ON", "False"])
     model = build_model(cfg)
-    assert model.target_spec.box_mask_size == 0 and with_masks.target_spec.box_mask_size == cfg.INPUT.GT_MASK_RESOLUTION
+    assert model.target_spec == TargetSpec() and with_masks.target_spec == TargetSpec(bitmask_stride=1)  # bitmask
     reference = loaders.build_train_loader(cfg, records, with_masks.input_spec, with_masks.target_spec, seed=1,
                                            process_index=0, process_count=1).load_batch(0)
 
@@ -201,14 +239,14 @@ def test_mask_on_false_builds_only_the_model_keys(records, monkeypatch):
 
     for name in ("decode", "frPyObjects", "merge"):
         monkeypatch.setattr(mask_util, name, forbidden)
-    monkeypatch.setattr(mappers, "box_aligned_mask", forbidden)
+    monkeypatch.setattr(mappers, "transformed_polygons", forbidden)
     monkeypatch.setattr(mappers, "full_image_bitmask", forbidden)
     loader = loaders.build_train_loader(cfg, records, model.input_spec, model.target_spec, seed=1,
                                         process_index=0, process_count=1)
     batch = loader.load_batch(0)
     assert set(batch) == {"images", "image_hw", "image_id", *model.target_spec.keys()}
-    assert "gt_masks" not in batch and batch["gt_valid"].any()
-    assert "gt_masks" in reference
+    assert "gt_bitmasks" not in batch and batch["gt_valid"].any()
+    assert "gt_bitmasks" in reference
     for key in batch:
         np.testing.assert_array_equal(batch[key], reference[key], err_msg=key)
 

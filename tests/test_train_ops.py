@@ -63,16 +63,47 @@ def test_label_and_sample_appends_gt_and_labels_background():
     assert sorted(cls.tolist()) == [4, 4, 4, 6]
 
 
-def test_mask_targets_box_aligned():
-    # GT mask covering the left half of its box; RoI = the GT box itself and its left half
-    s = 56
-    m = np.zeros((1, 1, s, s), np.uint8)
-    m[..., : s // 2] = 1
-    gt = jnp.array([[[10.0, 20.0, 50.0, 60.0]]])
-    rois = jnp.array([[[10.0, 20.0, 50.0, 60.0], [10.0, 20.0, 30.0, 60.0]]])
-    t = np.asarray(mask_targets(jnp.asarray(m), gt, rois, jnp.zeros((1, 2), jnp.int32), 28))
-    assert t[0, 0, :, :14].all() and not t[0, 0, :, 14:].any()
-    assert t[0, 1].all()
+def test_mask_targets_bitmask_equal_detectron2():
+    # detectron2's BitMasks.crop_and_resize: torchvision roi_align (aligned, adaptive) on the image-sized
+    # masks, >= 0.5. Here the masks sit zero-padded in a larger batch canvas, boxes touch the image border.
+    torch = pytest.importorskip("torch")
+    from torchvision.ops import roi_align
+
+    rng = np.random.default_rng(0)
+    n, g, hp, wp, f = 2, 3, 96, 128, 40
+    hws = np.array([[80, 100], [96, 117]], np.int32)
+    canvas = np.zeros((n, g, hp, wp), np.uint8)
+    for i, (h, w) in enumerate(hws):
+        yy, xx = np.mgrid[:h, :w]
+        for j in range(g):
+            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(10, 60)
+            canvas[i, j, :h, :w] = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r) | (rng.random((h, w)) < 0.05)
+    xy = rng.uniform(-10, 110, (n, f, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 70, (n, f, 2))], -1)
+    boxes = np.minimum(np.maximum(boxes, 0), np.tile(hws[:, ::-1], 2)[:, None]).astype(np.float32)  # clipped
+    matches = rng.integers(0, g, (n, f)).astype(np.int32)
+    targets = {"gt_bitmasks": jnp.asarray(canvas), "image_hw": jnp.asarray(hws)}
+    got = np.asarray(mask_targets(targets, jnp.asarray(boxes), jnp.asarray(matches), 28))
+    for i, (h, w) in enumerate(hws):
+        masks = torch.from_numpy(canvas[i, matches[i], :h, :w].astype(np.float32))[:, None]
+        rois = torch.cat([torch.arange(f, dtype=torch.float32)[:, None], torch.from_numpy(boxes[i])], 1)
+        want = (roi_align(masks, rois, (28, 28), 1.0, 0, True)[:, 0] >= 0.5).numpy()
+        assert np.array_equal(got[i] > 0, want), i
+
+
+def test_mask_targets_polygons_follow_matches():
+    # two instances (a square, a triangle); the RoI matched to each gets that instance's polygon
+    from jaxseg.data.masks import pack_polygons
+
+    square = np.array([[10.0, 10.0], [40.0, 10.0], [40.0, 40.0], [10.0, 40.0]])
+    tri = np.array([[50.0, 50.0], [90.0, 50.0], [50.0, 90.0]])
+    packed = pack_polygons([[square], [tri]], 8, 2)
+    targets = {"gt_polygon_xy": jnp.asarray(packed["xy"])[None], "gt_polygon_id": jnp.asarray(packed["polygon"])[None],
+               "gt_polygon_start": jnp.asarray(packed["start"])[None]}
+    boxes = jnp.array([[[10.0, 10.0, 40.0, 40.0], [50.0, 50.0, 90.0, 90.0], [10.0, 10.0, 25.0, 40.0]]])
+    t = np.asarray(mask_targets(targets, boxes, jnp.array([[0, 1, 0]]), 28))
+    assert t[0, 0].all() and t[0, 2].all()
+    assert t[0, 1, 0, 0] == 1 and t[0, 1, -1, -1] == 0 and 0.4 < t[0, 1].mean() < 0.6
 
 
 def _cfg(*opts):
@@ -171,7 +202,8 @@ def test_mask_loss_on_fewest_rows_equals_loss_on_all(fg_counts):
          "matches": jnp.asarray(rng.integers(0, g, (n, rows)))}
     gxy = rng.uniform(0, 80, (n, g, 2))
     targets = {"gt_boxes": jnp.asarray(np.concatenate([gxy, gxy + 30], -1), jnp.float32),
-               "gt_masks": jnp.asarray(rng.integers(0, 2, (n, g, 56, 56)), jnp.uint8)}
+               "gt_bitmasks": jnp.asarray(rng.integers(0, 2, (n, g, 128, 128)), jnp.uint8),
+               "image_hw": jnp.array([[128, 128], [120, 100]], jnp.int32)}
 
     def loss(params, method):
         return model.apply({**variables, "params": params}, features, s, targets,

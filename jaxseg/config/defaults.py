@@ -310,7 +310,6 @@ def add_jaxseg_keys(cfg: CfgNode) -> None:
     cfg.MODEL.KERNELS = ""  # force a kernel implementation: "" (automatic), "xla", "ffi" or "triton"
     # static shapes of the training batch (XLA compiles one program per shape)
     cfg.DATALOADER.MAX_GT_INSTANCES = 100  # instances per training image (more are dropped, with a warning)
-    cfg.INPUT.GT_MASK_RESOLUTION = 56  # side of the box-aligned GT mask crops fed to the device
     # padded test-time input sizes: ((height, width), ...). An image is padded to the smallest bucket that
     # holds it, else each side to the backbone's size divisibility; fewer compiles for more padding.
     # Read by jaxseg.data.input_spec.InputSpec.from_config; () pads to the size divisibility only.

@@ -96,10 +96,9 @@ register_unsupported("MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT", [1.0])
 register_unsupported("MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE", [False])
 register_unsupported("MODEL.ROI_BOX_HEAD.USE_FED_LOSS", [False])
 register_unsupported("MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES", [False])
-# data: no random crop; polygons are rasterized inside each box, as detectron2's "polygon" format does
+# data: no random crop; masks are detectron2's "polygon" or "bitmask" format
 register_unsupported("INPUT.CROP.ENABLED", [False], "random cropping is not implemented by the training loader")
-register_unsupported("INPUT.MASK_FORMAT", ["polygon"],
-                     "GT masks are polygons rasterized inside each box (RLE masks are resampled into it)")
+register_unsupported("INPUT.MASK_FORMAT", ["polygon", "bitmask"], "detectron2 knows only these two formats")
 # solver
 register_unsupported("SOLVER.RESCALE_INTERVAL", [False], "the schedule after warmup is not rescaled")
 register_unsupported("SOLVER.REFERENCE_WORLD_SIZE", [0],

@@ -5,18 +5,20 @@ training, its `TargetSpec` (which ground truth to build); they read no INPUT.* s
 the predictor and the loaders share one implementation of every resize and pad rule.
 
 Training batch layout (a dict of numpy arrays; B = local batch size, G = DATALOADER.MAX_GT_INSTANCES,
-S = target_spec.box_mask_size, s = target_spec.bitmask_stride, (Hp, Wp) the batch's bucket):
+s = target_spec.bitmask_stride, (Hp, Wp) the batch's bucket, S and P the polygon capacity):
 
-===========  ======================  ==========================================================
-images       (B, Hp, Wp, C) uint8    input_spec.format channel order, zero padding right/bottom
-image_hw     (B, 2) int32            resized image size inside the padding
-gt_boxes     (B, G, 4) float32       XYXY in resized-image pixels (zero where not valid)
-gt_classes   (B, G) int32            contiguous class ids (zero where not valid)
-gt_valid     (B, G) bool             which of the G slots hold an instance
-gt_masks     (B, G, S, S) uint8      0/1 mask inside its own GT box (only when S > 0)
-gt_bitmasks  (B, G, Hp/s, Wp/s) u8   0/1 full-image mask at stride s (only when s > 0)
-image_id     (B,) int64              the dataset's image id
-===========  ======================  ==========================================================
+================  =====================  ==========================================================
+images            (B, Hp, Wp, C) uint8   input_spec.format channel order, zero padding right/bottom
+image_hw          (B, 2) int32           resized image size inside the padding
+gt_boxes          (B, G, 4) float32      XYXY in resized-image pixels (zero where not valid)
+gt_classes        (B, G) int32           contiguous class ids (zero where not valid)
+gt_valid          (B, G) bool            which of the G slots hold an instance
+gt_polygon_xy     (B, G, S, 2, 2) u32    float64 polygon vertices as bit patterns (target_spec.polygons;
+gt_polygon_id     (B, G, S) int32        see jaxseg.data.masks.pack_polygons: S vertex slots and P
+gt_polygon_start  (B, G, P) int32        polygons per instance, the most of any instance of the dataset)
+gt_bitmasks       (B, G, Hp/s, Wp/s) u8  0/1 full-image mask at stride s (only when s > 0)
+image_id          (B,) int64             the dataset's image id
+================  =====================  ==========================================================
 
 The ground-truth keys are exactly ``target_spec.keys()``; `jaxseg.data.masks` gives the frames of
 the two mask forms, `jaxseg.data.mappers` the augmentation, `jaxseg.data.samplers` the batch plan and
@@ -42,6 +44,7 @@ import numpy as np
 
 from jaxseg.data.input_spec import InputSpec
 from jaxseg.data.mappers import TestMapper, TrainMapper, collate_train, train_augmentations
+from jaxseg.data.masks import polygon_capacity
 from jaxseg.data.samplers import BatchPlan, filter_images_without_annotations, sampler_factors, train_buckets
 from jaxseg.data.target_spec import TargetSpec
 from jaxseg.data.workers import PrefetchIterator, SyncIterator, make_iterator
@@ -72,7 +75,8 @@ class TrainLoader:
     Attributes:
         dataset_dicts: the records used (after filtering); ``buckets``: padded (Hp, Wp) per bucket;
         global_batch_size, local_batch_size, process_index, process_count; mapper: the sample function
-        (its ``target_spec`` says which ground truth the batches hold).
+        (its ``target_spec`` says which ground truth the batches hold); polygon_capacity: (vertex slots,
+        polygons) per instance of the polygon keys, from the whole dataset (so every batch has one shape).
     """
 
     def __init__(self, mapper: TrainMapper, plan: BatchPlan, buckets: list[tuple[int, int]], *,
@@ -81,6 +85,7 @@ class TrainLoader:
         self.mapper, self.plan, self.buckets = mapper, plan, buckets
         self.dataset_dicts = mapper.records
         self.target_spec = mapper.target_spec
+        self.polygon_capacity = polygon_capacity(mapper.records) if self.target_spec.polygons else (0, 0)
         self.global_batch_size, self.process_index, self.process_count = global_batch_size, process_index, process_count
         self.local_batch_size = global_batch_size // process_count
         self.num_workers, self.use_processes, self.prefetch = num_workers, use_processes, prefetch
@@ -116,7 +121,8 @@ class TrainLoader:
         return self.batches(0)
 
     def _collate(self, bucket: int, samples: list[dict]) -> dict[str, np.ndarray]:
-        return collate_train(samples, self.buckets[bucket], self.mapper.max_instances, self.target_spec)
+        return collate_train(samples, self.buckets[bucket], self.mapper.max_instances, self.target_spec,
+                             self.polygon_capacity)
 
 
 def _check_target_spec(target_spec: TargetSpec, buckets: Sequence[tuple[int, int]]) -> None:
@@ -124,9 +130,8 @@ def _check_target_spec(target_spec: TargetSpec, buckets: Sequence[tuple[int, int
     if target_spec.semantic:
         raise UserError("the model's target spec asks for gt_semantic: semantic/panoptic ground truth is not "
                         "built by jaxseg's loader yet")
-    if target_spec.box_mask_size < 0 or target_spec.bitmask_stride < 0:
-        raise UserError(f"target spec sizes must be >= 0, got box_mask_size={target_spec.box_mask_size}, "
-                        f"bitmask_stride={target_spec.bitmask_stride}")
+    if target_spec.bitmask_stride < 0:
+        raise UserError(f"the target spec's bitmask_stride must be >= 0, got {target_spec.bitmask_stride}")
     stride = target_spec.bitmask_stride
     if stride and any(hp % stride or wp % stride for hp, wp in buckets):
         raise UserError(f"bitmask stride {stride} does not divide the padded training sizes {list(buckets)}; "

@@ -2,9 +2,8 @@
 
 Training follows detectron2's training mapper: the model's resize (``InputSpec.train_resize()``,
 ResizeShortestEdge over MIN_SIZE_TRAIN / MAX_SIZE_TRAIN / MIN_SIZE_TRAIN_SAMPLING), then
-RandomFlip(INPUT.RANDOM_FLIP); crowd annotations removed; boxes clipped to the image and the empty
-ones dropped (and instances whose RLE mask is empty inside their box, when box-aligned masks are
-built). Only the ground truth the model's `TargetSpec` names is built: no mask is decoded when the
+RandomFlip(INPUT.RANDOM_FLIP); crowd annotations removed; boxes transformed, clipped to the new image
+and the empty ones dropped. Only the ground truth the model's `TargetSpec` names is built: no mask is decoded when the
 spec asks for none. Evaluation images are prepared by ``InputSpec.prepare_test_image``, the same code
 the predictor runs.
 """
@@ -20,7 +19,7 @@ import numpy as np
 
 from jaxseg.data.image_io import read_image
 from jaxseg.data.input_spec import InputSpec
-from jaxseg.data.masks import box_aligned_mask, full_image_bitmask, stride_sample, strided_size
+from jaxseg.data.masks import full_image_bitmask, pack_polygons, stride_sample, strided_size, transformed_polygons
 from jaxseg.data.target_spec import TargetSpec
 from jaxseg.data.transforms import FlipTransform, RandomFlip, ResizeShortestEdge, ResizeTransform
 from jaxseg.errors import UserError
@@ -60,8 +59,9 @@ class TrainMapper:
     """Turns (epoch, stream position, dataset index) into one augmented sample; picklable for processes.
 
     A sample holds ``image`` (h, w, C), ``image_hw``, ``image_id``, ``boxes`` (n, 4) and ``classes`` (n,),
-    plus ``masks`` (n, S, S) with ``target_spec.box_mask_size`` S and ``bitmasks`` (n, hs, ws), the stride
-    samples of the resized image (see `jaxseg.data.masks`), with ``target_spec.bitmask_stride``.
+    plus ``polygons`` (n lists of (K, 2) float64 arrays in the resized, flipped image) with
+    ``target_spec.polygons`` and ``bitmasks`` (n, hs, ws), the stride samples of the resized image (see
+    `jaxseg.data.masks`), with ``target_spec.bitmask_stride``.
     """
 
     records: Sequence[dict]
@@ -91,41 +91,29 @@ class TrainMapper:
 
     def _instances(self, record: dict, resize: ResizeTransform, flip: FlipTransform | None) -> dict[str, np.ndarray]:
         """Boxes (resized frame), classes and the masks the target spec asks for, of the kept instances."""
-        h, w = resize.h, resize.w
         annos = [a for a in record.get("annotations", ()) if not a.get("iscrowd", 0)]
-        boxes = _xyxy_clipped(annos, h, w)
-        new_boxes = resize.apply_boxes(boxes) if len(boxes) else boxes
-        if flip is not None and len(boxes):
-            new_boxes = flip.apply_boxes(new_boxes)
-        keep = ((new_boxes[:, 2] - new_boxes[:, 0]) > _BOX_EPS) & ((new_boxes[:, 3] - new_boxes[:, 1]) > _BOX_EPS)
-        size = self.target_spec.box_mask_size
-        masks = None
-        if size:
-            masks = np.zeros((len(annos), size, size), np.uint8)
-            for i in np.flatnonzero(keep):
-                masks[i] = box_aligned_mask(annos[i].get("segmentation"), boxes[i], size, (h, w))
-                keep[i] = not isinstance(annos[i].get("segmentation"), dict) or masks[i].any()
-            if flip is not None and flip.horizontal:
-                masks = masks[:, :, ::-1]
-            if flip is not None and flip.vertical:
-                masks = masks[:, ::-1, :]
-        keep = np.flatnonzero(keep)
+        boxes = _xyxy(annos)
+        if len(boxes):  # as detectron2's transform_instance_annotations: transform, then clip to the new image
+            boxes = resize.apply_boxes(boxes)
+            boxes = flip.apply_boxes(boxes) if flip is not None else boxes
+            boxes = np.minimum(boxes.clip(min=0), [resize.new_w, resize.new_h] * 2)
+        keep = np.flatnonzero(((boxes[:, 2] - boxes[:, 0]) > _BOX_EPS) & ((boxes[:, 3] - boxes[:, 1]) > _BOX_EPS))
         if len(keep) > self.max_instances:
             _warn_once("max_instances", f"image {record['image_id']} has {len(keep)} instances; keeping the first "
                        f"{self.max_instances} (DATALOADER.MAX_GT_INSTANCES); further such images are not reported")
             keep = keep[: self.max_instances]
         out = {
-            "boxes": new_boxes[keep].astype(np.float32),
+            "boxes": boxes[keep].astype(np.float32),
             "classes": np.array([annos[i]["category_id"] for i in keep], np.int32),
         }
-        if masks is not None:
-            out["masks"] = masks[keep]
+        if self.target_spec.polygons:
+            out["polygons"] = [transformed_polygons(annos[i]["segmentation"], resize, flip) for i in keep]
         stride = self.target_spec.bitmask_stride
         if stride:
             out["bitmasks"] = np.zeros((len(keep), strided_size(resize.new_h, stride),
                                         strided_size(resize.new_w, stride)), np.uint8)
             for j, i in enumerate(keep):
-                full = full_image_bitmask(annos[i].get("segmentation"), new_boxes[i], resize, flip)
+                full = full_image_bitmask(annos[i].get("segmentation"), boxes[i], resize, flip)
                 out["bitmasks"][j] = stride_sample(full, stride)
         return out
 
@@ -151,22 +139,25 @@ def _int_id(record: dict) -> int:
                         f"{record.get('image_id')!r}") from err
 
 
-def _xyxy_clipped(annos: Sequence[dict], h: int, w: int) -> np.ndarray:
-    """(N, 4) float64 XYXY boxes of the annotations (XYWH_ABS or XYXY_ABS), clipped to the image."""
+def _xyxy(annos: Sequence[dict]) -> np.ndarray:
+    """(N, 4) float64 XYXY boxes of the annotations (XYWH_ABS or XYXY_ABS). As detectron2's BoxMode.convert,
+    an XYWH box becomes XYXY in float32 (it converts through a float32 tensor); XYXY boxes stay as given."""
     try:
         boxes = np.array([a["bbox"] for a in annos], np.float64).reshape(-1, 4)
     except (KeyError, ValueError, TypeError) as err:
         raise UserError(f"an annotation has no valid 'bbox' ([x, y, w, h] expected): {err}") from err
     for i, a in enumerate(annos):
         if a.get("bbox_mode", "XYWH_ABS") in ("XYWH_ABS", 1):
-            boxes[i, 2:] += boxes[i, :2]
-    return np.clip(boxes, 0.0, [w, h, w, h])
+            xywh = boxes[i].astype(np.float32)
+            boxes[i] = np.concatenate([xywh[:2], xywh[:2] + xywh[2:]])
+    return boxes
 
 
 def collate_train(samples: Sequence[dict], bucket_hw: tuple[int, int], max_instances: int,
-                  target_spec: TargetSpec) -> dict[str, np.ndarray]:
+                  target_spec: TargetSpec, polygon_capacity: tuple[int, int] = (0, 0)) -> dict[str, np.ndarray]:
     """Pad samples into one batch of the training layout (`jaxseg.data.loaders`): the images, their sizes
-    and ids, and exactly the ground truth of ``target_spec.keys()``."""
+    and ids, and exactly the ground truth of ``target_spec.keys()``; polygons in ``polygon_capacity`` (vertex
+    slots, polygons) per instance."""
     if target_spec.semantic:
         raise UserError("the model asks for semantic/panoptic ground truth (gt_semantic); semantic/panoptic "
                         "ground truth is not built by jaxseg's loader yet")
@@ -180,9 +171,12 @@ def collate_train(samples: Sequence[dict], bucket_hw: tuple[int, int], max_insta
         "gt_classes": np.zeros((n, g), np.int32),
         "gt_valid": np.zeros((n, g), bool),
     }
-    size, stride = target_spec.box_mask_size, target_spec.bitmask_stride
-    if size:
-        batch["gt_masks"] = np.zeros((n, g, size, size), np.uint8)
+    stride = target_spec.bitmask_stride
+    if target_spec.polygons:
+        slots, polygons = polygon_capacity
+        batch["gt_polygon_xy"] = np.zeros((n, g, slots, 2, 2), np.uint32)
+        batch["gt_polygon_id"] = np.full((n, g, slots), -1, np.int32)
+        batch["gt_polygon_start"] = np.full((n, g, polygons), -1, np.int32)
     if stride:
         batch["gt_bitmasks"] = np.zeros((n, g, hp // stride, wp // stride), np.uint8)
     batch["image_id"] = np.zeros((n,), np.int64)
@@ -195,8 +189,11 @@ def collate_train(samples: Sequence[dict], bucket_hw: tuple[int, int], max_insta
         batch["gt_boxes"][i, :k] = sample["boxes"]
         batch["gt_classes"][i, :k] = sample["classes"]
         batch["gt_valid"][i, :k] = True
-        if size:
-            batch["gt_masks"][i, :k] = sample["masks"]
+        if target_spec.polygons:
+            packed = pack_polygons(sample["polygons"], *polygon_capacity, where=f"image {sample['image_id']}")
+            batch["gt_polygon_xy"][i, :k] = packed["xy"]
+            batch["gt_polygon_id"][i, :k] = packed["polygon"]
+            batch["gt_polygon_start"][i, :k] = packed["start"]
         if stride:
             bits = sample["bitmasks"][:, : hp // stride, : wp // stride]
             batch["gt_bitmasks"][i, :k, : bits.shape[1], : bits.shape[2]] = bits

@@ -1,13 +1,10 @@
 """Ground-truth instance masks on the host, in the two forms the training batch carries them.
 
-Box-aligned masks (``gt_masks``, TargetSpec.box_mask_size S, Mask R-CNN)
-    ``gt_masks[b, g]`` covers exactly ``gt_boxes[b, g]``: pixel (i, j) is the box cell
-    ``x0 + (j + [0, 1]) * (x1 - x0) / S``, ``y0 + (i + [0, 1]) * (y1 - y0) / S``. The device turns it into
-    the mask target of a proposal box by ROIAlign with the proposal's coordinates relative to the GT box.
-    Polygons are rasterized straight into that frame (as detectron2 rasterizes them into proposal
-    boxes); RLE masks are decoded and area-resampled into it (Pillow bilinear with a box, >= 0.5). The
-    crop is taken in the original image (the box before resizing) and flipped with the image; resizing
-    does not change it.
+Polygons (``gt_polygon_xy``, ``gt_polygon_id``, ``gt_polygon_start``; TargetSpec.polygons, Mask R-CNN)
+    An instance's polygons in the resized and flipped image, float64 as detectron2 transforms them, packed
+    into a fixed number of vertex slots per instance (:func:`pack_polygons`; the capacity comes from the
+    whole training set, :func:`polygon_capacity`). The device rasterises them inside every sampled RoI
+    (`jaxseg.models.ops.rasterize`), as detectron2 does with pycocotools, so the targets are exact.
 
 Full-image bitmasks (``gt_bitmasks``, TargetSpec.bitmask_stride s, BlendMask / CondInst-style heads)
     As AdelaiDet's ``add_bitmasks``: the full-resolution 0/1 mask of the instance in the resized (and
@@ -18,7 +15,8 @@ Full-image bitmasks (``gt_bitmasks``, TargetSpec.bitmask_stride s, BlendMask / C
     RLE: decoded at the original size, resized with nearest neighbour and flipped, as detectron2's
     BitMasks. No segmentation: the pixels whose centre lies in the (transformed) box. The sampling grid
     does not depend on the padding, so a sample carries only the sampled part of its resized image
-    (:func:`stride_sample`) and collation pads it with zeros.
+    (:func:`stride_sample`) and collation pads it with zeros. With stride 1 this is detectron2's
+    INPUT.MASK_FORMAT bitmask (BitMasks), which Mask R-CNN ROIAligns into each sampled RoI.
 """
 
 from __future__ import annotations
@@ -26,14 +24,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import pycocotools.mask as mask_util
-from PIL import Image
 
 from jaxseg.data.coco import annotation_to_mask
-from jaxseg.data.transforms import BILINEAR, FlipTransform, ResizeTransform
+from jaxseg.data.transforms import FlipTransform, ResizeTransform
+from jaxseg.errors import UserError
 
-__all__ = ["box_aligned_mask", "full_image_bitmask", "pack_polygons", "paste_box_mask", "polygon_capacity",
-           "stride_sample", "strided_size"]
+__all__ = ["full_image_bitmask", "pack_polygons", "paste_box_mask", "polygon_capacity", "stride_sample",
+           "strided_size", "transformed_polygons"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -41,14 +38,22 @@ __all__ = ["box_aligned_mask", "full_image_bitmask", "pack_polygons", "paste_box
 
 
 def polygon_capacity(records: Sequence[dict], multiple: int = 16) -> tuple[int, int]:
-    """(vertex slots S, polygons P) that hold every non-crowd polygon instance of ``records``: the most
-    vertices and polygons of one instance, rounded up to ``multiple`` (S) and to a multiple of 4 (P)."""
+    """(vertex slots S, polygons P) that hold every non-crowd instance of ``records``: the most vertices and
+    polygons of one instance, rounded up to ``multiple`` (S) and to a multiple of 4 (P).
+
+    Raises UserError for an instance without polygons (an RLE or no segmentation): as detectron2 with
+    INPUT.MASK_FORMAT polygon, such data needs INPUT.MASK_FORMAT bitmask."""
     points = polygons = 1
     for record in records:
         for anno in record.get("annotations", ()):
-            segm = anno.get("segmentation")
-            if anno.get("iscrowd", 0) or not isinstance(segm, list) or not segm:
+            if anno.get("iscrowd", 0):
                 continue
+            segm = anno.get("segmentation")
+            if not isinstance(segm, list) or not segm:
+                kind = "an RLE segmentation" if isinstance(segm, dict) else "no segmentation"
+                raise UserError(
+                    f"image {record.get('file_name')}: annotation {anno.get('id', '?')} has {kind}; "
+                    "INPUT.MASK_FORMAT polygon trains on polygons only, set INPUT.MASK_FORMAT bitmask for RLE masks")
             points = max(points, sum(len(p) // 2 for p in segm))
             polygons = max(polygons, len(segm))
     return -(-points // multiple) * multiple, -(-polygons // 4) * 4
@@ -81,40 +86,7 @@ def pack_polygons(instances: Sequence[Sequence[np.ndarray]], slots: int, max_pol
 
 
 # ----------------------------------------------------------------------------------------------
-# Masks in the frame of their box
-
-
-def box_aligned_mask(segmentation: list | dict | None, box: Sequence[float], size: int,
-                     image_hw: tuple[int, int]) -> np.ndarray:
-    """The (size, size) uint8 0/1 mask of ``segmentation`` sampled inside ``box`` (XYXY, same frame).
-
-    Polygons are shifted and scaled into the box and rasterized at ``size``; an RLE (compressed or
-    not) of an ``image_hw`` image is decoded and area-resampled; no segmentation fills the box.
-    """
-    x0, y0, x1, y1 = (float(v) for v in box)
-    if not segmentation:
-        return np.ones((size, size), np.uint8)
-    if isinstance(segmentation, dict):
-        return _rle_box_mask(segmentation, (x0, y0, x1, y1), size, image_hw)
-    scale = np.array([size / max(x1 - x0, 0.1), size / max(y1 - y0, 0.1)])
-    polygons = [((np.asarray(p, np.float64).reshape(-1, 2) - (x0, y0)) * scale).ravel().tolist()
-                for p in segmentation]
-    rle = mask_util.merge(mask_util.frPyObjects(polygons, size, size))
-    return np.ascontiguousarray(mask_util.decode(rle), dtype=np.uint8)
-
-
-def _rle_box_mask(rle: dict, box: tuple[float, float, float, float], size: int,
-                  image_hw: tuple[int, int]) -> np.ndarray:
-    """An RLE mask decoded at image size, then averaged over the box onto a size x size grid."""
-    h, w = image_hw
-    if isinstance(rle["counts"], list):
-        rle = mask_util.frPyObjects(rle, h, w)
-    full = mask_util.decode(rle)
-    x0, y0, x1, y1 = box
-    x1, y1 = max(x1, x0 + 1e-3), max(y1, y0 + 1e-3)
-    image = Image.fromarray(full * np.uint8(255))
-    resampled = np.asarray(image.resize((size, size), BILINEAR, box=(x0, y0, min(x1, w), min(y1, h))))
-    return (resampled >= 128).astype(np.uint8)
+# Full-image masks
 
 
 def paste_box_mask(mask: np.ndarray, box: Sequence[float], image_hw: tuple[int, int]) -> np.ndarray:
@@ -145,11 +117,17 @@ def full_image_bitmask(segmentation: list | dict | None, box: Sequence[float], r
     if isinstance(segmentation, dict):
         mask = resize.apply_segmentation(annotation_to_mask(segmentation, resize.h, resize.w))
         return flip.apply_segmentation(mask) if flip is not None else mask
-    polygons = []
+    return annotation_to_mask([p.ravel().tolist() for p in transformed_polygons(segmentation, resize, flip)], *hw)
+
+
+def transformed_polygons(segmentation: list, resize: ResizeTransform, flip: FlipTransform | None) -> list[np.ndarray]:
+    """An instance's polygons as (K, 2) float64 points of the resized and flipped image (detectron2's
+    ``transform_instance_annotations``: the points are scaled and flipped in float64, not clipped)."""
+    out = []
     for p in segmentation:
         coords = resize.apply_coords(np.asarray(p, np.float64).reshape(-1, 2))
-        polygons.append((flip.apply_coords(coords) if flip is not None else coords).ravel().tolist())
-    return annotation_to_mask(polygons, *hw)
+        out.append(flip.apply_coords(coords) if flip is not None else coords)
+    return out
 
 
 def strided_size(n: int, stride: int) -> int:

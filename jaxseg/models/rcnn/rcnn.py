@@ -29,6 +29,14 @@ from jaxseg.models.registry import (
 )
 
 
+def mask_target_spec(cfg) -> TargetSpec:
+    """The ground truth Mask R-CNN trains on: boxes and classes, plus with MODEL.MASK_ON the instances'
+    polygons (INPUT.MASK_FORMAT polygon) or their full-image bitmasks (bitmask), as detectron2."""
+    if not cfg.MODEL.MASK_ON:
+        return TargetSpec()
+    return TargetSpec(polygons=True) if cfg.INPUT.MASK_FORMAT == "polygon" else TargetSpec(bitmask_stride=1)
+
+
 @META_ARCH_REGISTRY.register()
 class GeneralizedRCNN(nn.Module, MetaArch):
     backbone: Backbone
@@ -54,7 +62,7 @@ class GeneralizedRCNN(nn.Module, MetaArch):
         return cls(
             backbone, rpn, roi_heads,
             input_spec=InputSpec.from_config(cfg, backbone.size_divisibility),
-            target_spec=TargetSpec(box_mask_size=int(cfg.INPUT.GT_MASK_RESOLUTION) if cfg.MODEL.MASK_ON else 0),
+            target_spec=mask_target_spec(cfg),
             num_classes=int(cfg.MODEL.ROI_HEADS.NUM_CLASSES), freeze_at=int(cfg.MODEL.BACKBONE.FREEZE_AT),
             kernels=kernels, precision=precision_from_config(cfg))
 
@@ -88,7 +96,7 @@ class GeneralizedRCNN(nn.Module, MetaArch):
 
     def losses(self, key: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """Training losses of a batch: images, image_hw, gt_boxes (N, G, 4), gt_classes (N, G), gt_valid (N, G)
-        and, with a mask head, gt_masks (N, G, S, S) box-aligned."""
+        and, with a mask head, the polygons (INPUT.MASK_FORMAT polygon) or full-image bitmasks (bitmask)."""
         k_rpn, k_roi = jax.random.split(key)
         features = self.extract_features(batch["images"], batch["image_hw"])
         with jax.default_matmul_precision(self.precision):

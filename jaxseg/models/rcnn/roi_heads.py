@@ -14,6 +14,7 @@ from jaxseg.models.backbones.backbone import ShapeSpec, feature_strides
 from jaxseg.models.ops import box_coder
 from jaxseg.models.ops.losses import sigmoid_bce, smooth_l1, softmax_ce
 from jaxseg.models.ops.matcher import match, pairwise_iou
+from jaxseg.models.ops.rasterize import rasterize_polygons_within_boxes
 from jaxseg.models.ops.sampling import subsample_labels
 from jaxseg.models.rcnn.box_head import FastRCNNConvFCHead, FastRCNNOutputLayers, fast_rcnn_inference
 from jaxseg.models.rcnn.mask_head import MaskRCNNConvUpsampleHead, mask_probs_for_classes
@@ -115,8 +116,7 @@ class StandardROIHeads(nn.Module):
         if logits.shape[-1] > 1:
             logits = jnp.take_along_axis(logits, classes.reshape(-1)[:, None, None, None], axis=-1)
         logits = logits[..., 0].reshape(*boxes.shape[:2], *logits.shape[1:3])
-        target = mask_targets(targets["gt_masks"], targets["gt_boxes"], boxes, s["matches"][:, :rows],
-                              logits.shape[-1], kernels=self.kernels)
+        target = mask_targets(targets, boxes, s["matches"][:, :rows], logits.shape[-1], kernels=self.kernels)
         bce = jnp.where(fg[..., None, None], sigmoid_bce(logits, target), 0.0)
         return bce.sum() / jnp.maximum(fg.sum() * logits.shape[-1] * logits.shape[-2], 1)
 
@@ -173,7 +173,8 @@ def label_and_sample_proposals(
     append_gt: bool = True,
 ) -> dict[str, jax.Array]:
     """ONE image: GT boxes appended to the proposals, matched by IoU, then a fixed-size random sample
-    (foreground first). Background rows get class num_classes."""
+    (foreground first). Background rows get class num_classes; ``index`` is each row's candidate (the
+    proposals, then the GT rows)."""
     if append_gt:
         proposals = jnp.concatenate([proposals, gt_boxes])
         proposal_valid = jnp.concatenate([proposal_valid, gt_valid])
@@ -181,23 +182,43 @@ def label_and_sample_proposals(
     positive, negative = proposal_valid & (labels == 1), proposal_valid & (labels == 0)
     idx, is_fg, valid = subsample_labels(key, positive, negative, batch_size_per_image, positive_fraction)
     return {"boxes": proposals[idx], "classes": jnp.where(is_fg, gt_classes[matches[idx]], num_classes),
-            "matches": matches[idx], "is_fg": is_fg, "valid": valid}
+            "matches": matches[idx], "is_fg": is_fg, "valid": valid, "index": idx}
 
 
-def mask_targets(gt_masks: jax.Array, gt_boxes: jax.Array, boxes: jax.Array, matches: jax.Array,
-                 resolution: int, kernels: str | None = None) -> jax.Array:
-    """Cut each RoI's target from its GT mask, stored box-aligned: gt_masks (N, G, S, S), gt_boxes (N, G, 4),
-    boxes (N, F, 4), matches (N, F) -> (N, F, R, R) float 0/1: ROIAlign(aligned=True) of the mask, >= 0.5.
+def mask_targets(targets: dict[str, jax.Array], boxes: jax.Array, matches: jax.Array, resolution: int,
+                 kernels: str | None = None) -> jax.Array:
+    """Each RoI's mask target, as detectron2 computes it: boxes (N, F, 4) matched to GT instances
+    matches (N, F) -> (N, F, M, M) float 0/1 at M = resolution.
 
-    detectron2 samples bitmasks adaptively; a fixed 2x2 grid per bin is used here (the crops are already
-    resampled to S x S, and a static grid keeps this cheap in the training step)."""
-    n, g, s = gt_masks.shape[:3]
-    f = boxes.shape[1]
-    gt = jnp.take_along_axis(gt_boxes, matches[..., None], axis=1)  # (N, F, 4)
-    size = jnp.maximum(gt[..., 2:] - gt[..., :2], 1e-6)
-    scale = jnp.concatenate([s / size, s / size], axis=-1)
-    rel = (boxes - jnp.concatenate([gt[..., :2], gt[..., :2]], axis=-1)) * scale  # RoI in mask-pixel coords
+    Polygons (gt_polygon_*, INPUT.MASK_FORMAT polygon) are rasterised inside each box (PolygonMasks.
+    crop_and_resize); full-image bitmasks (gt_bitmasks at stride 1, MASK_FORMAT bitmask) are ROIAligned
+    into it (BitMasks.crop_and_resize: aligned, adaptive sampling, >= 0.5)."""
+    n, f = matches.shape
+    if "gt_polygon_xy" in targets:
+        def gather(x):  # (N, G, ...) -> (N*F, ...) the matched instance's row
+            return jax.vmap(lambda a, m: a[m])(x, matches).reshape(n * f, *x.shape[2:])
+
+        masks = rasterize_polygons_within_boxes(gather(targets["gt_polygon_xy"]), gather(targets["gt_polygon_id"]),
+                                                gather(targets["gt_polygon_start"]), boxes.reshape(n * f, 4),
+                                                resolution)
+        return masks.astype(jnp.float32).reshape(n, f, resolution, resolution)
+    bitmasks = _edge_padded(targets["gt_bitmasks"], targets["image_hw"])  # (N, G, Hp, Wp)
+    g, hp, wp = bitmasks.shape[1:]
     batch_index = (jnp.arange(n, dtype=jnp.int32)[:, None] * g + matches).reshape(-1)
-    pooled = roi_align(gt_masks.reshape(n * g, s, s, 1).astype(jnp.float32), rel.reshape(-1, 4), batch_index,
-                       resolution, 1.0, 2, True, implementation=kernels)
+    pooled = roi_align(bitmasks.reshape(n * g, hp, wp, 1), boxes.reshape(-1, 4), batch_index, resolution, 1.0,
+                       0, True, implementation=kernels)
     return (pooled[..., 0] >= 0.5).astype(jnp.float32).reshape(n, f, resolution, resolution)
+
+
+def _edge_padded(bitmasks: jax.Array, image_hw: jax.Array) -> jax.Array:
+    """(N, G, Hp, Wp) uint8 masks zero-padded beyond image_hw (N, 2) -> float32 with the image's last row and
+    column repeated once into the padding, so that ROIAlign reads at the image border what it reads from
+    detectron2's image-sized BitMasks (it clamps samples in (h - 1, h] to row h - 1)."""
+    hp, wp = bitmasks.shape[2:]
+
+    def one(masks, hw):  # (G, Hp, Wp), (2,)
+        rows, cols = jnp.arange(hp), jnp.arange(wp)
+        rows, cols = jnp.where(rows == hw[0], hw[0] - 1, rows), jnp.where(cols == hw[1], hw[1] - 1, cols)
+        return masks[:, rows][:, :, cols].astype(jnp.float32)
+
+    return jax.vmap(one)(bitmasks, image_hw)
