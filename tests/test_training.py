@@ -83,12 +83,17 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tiny_shapes, tmp_path):
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored))
 
 
-def test_sharded_step_equals_single_device(tiny_shapes, tmp_path):
+@pytest.mark.parametrize("mask_format", ["bitmask", "polygon"])
+def test_sharded_step_equals_single_device(tiny_shapes, tmp_path, mask_format):
+    """Also for polygon targets (rasterised on each device in float64): shapes without its RLE instances."""
     assert jax.device_count() >= 8, "conftest sets 8 fake CPU devices"
-    cfg = tiny_cfg(tiny_shapes, tmp_path, "SOLVER.IMS_PER_BATCH", "8")
+    cfg = tiny_cfg(tiny_shapes, tmp_path, "SOLVER.IMS_PER_BATCH", "8", "INPUT.MASK_FORMAT", mask_format)
     model = build_model(cfg)
-    loader = build_train_loader(cfg, get_dataset_dicts(tiny_shapes), model.input_spec, model.target_spec, seed=0,
-                                num_workers=0)
+    records = get_dataset_dicts(tiny_shapes)
+    if mask_format == "polygon":
+        records = [{**r, "annotations": [a for a in r["annotations"] if isinstance(a["segmentation"], list)]}
+                   for r in records]
+    loader = build_train_loader(cfg, records, model.input_spec, model.target_spec, seed=0, num_workers=0)
     batch = loader.load_batch(0)
     results = {}
     for n in (1, 8):
