@@ -129,13 +129,22 @@ def _rasterize_one(bits: jax.Array, polygon: jax.Array, start: jax.Array, box: j
     nxt = _next_slot(polygon, start)
     crosses, row = _edge_crossings(ux, uy, ux[nxt], uy[nxt], m, m)  # (S, M)
     crosses &= (polygon >= 0)[:, None]
-    # toggles per polygon, row (0..M) and column; a pixel is inside a polygon when the toggles at or above
-    # it in its column are odd, inside the instance when inside any of its polygons
-    cols = jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32), row.shape)
-    poly = jnp.broadcast_to(jnp.clip(polygon, 0, num_polygons - 1)[:, None], row.shape)
-    toggles = jnp.zeros((num_polygons, m + 1, m), jnp.int32).at[poly, row, cols].add(crosses.astype(jnp.int32))
-    inside = (jnp.cumsum(toggles[:, :m], axis=1) % 2) == 1  # (P, M, M)
-    return inside.any(axis=0)
+    # a pixel (y, n) is inside a polygon when an odd number of the polygon's crossings in column n lie at rows
+    # <= y, inside the instance when inside any of its polygons. Each crossing becomes a bit string over the
+    # rows (bit y set for y >= its row; 32 rows per uint32 word), XORed over the polygon's slots, ORed over
+    # the polygons: a few integer operations per (slot, column), nothing per pixel and slot.
+    words = -(-m // 32)
+    rel = row[:, :, None] - 32 * jnp.arange(words, dtype=jnp.int32)  # (S, n, W) row relative to each word
+    ones = np.uint32(0xFFFFFFFF)
+    bits = jnp.where(rel >= 32, np.uint32(0), ones << jnp.clip(rel, 0, 31).astype(jnp.uint32))
+    bits = jnp.where(crosses[:, :, None], bits, np.uint32(0))
+    member = polygon[None, :] == jnp.arange(num_polygons, dtype=jnp.int32)[:, None]  # (P, S)
+    parity = jax.lax.reduce(jnp.where(member[:, :, None, None], bits[None], np.uint32(0)), np.uint32(0),
+                            jax.lax.bitwise_xor, (1,))  # (P, n, W): XOR over each polygon's slots
+    union = jax.lax.reduce(parity, np.uint32(0), jax.lax.bitwise_or, (0,))  # (n, W)
+    y = jnp.arange(m, dtype=jnp.uint32)
+    inside = (union[:, y // 32] >> (y % 32)) & 1  # (n, y)
+    return inside.T == 1
 
 
 def rasterize_polygons_within_boxes(bits: jax.Array, polygon: jax.Array, start: jax.Array, boxes: jax.Array,
