@@ -2,7 +2,10 @@
 
 Both models start from random weights, train on the same batch of 2 images of 800x1333 with the same 6
 ground-truth instances each (boxes, classes, polygons; torchvision gets their full-image masks), and take
-one SGD step (lr 0.02, momentum 0.9, weight decay 1e-4) per call: forward, losses, backward, update.
+one SGD step (momentum 0.9, weight decay 1e-4) per call: forward, losses, backward, update. The learning
+rate is 0, so every call repeats the same computation on the initial weights: with lr 0.02 on random weights
+jaxseg's loss went to NaN after the first step, and the later steps timed a degenerate model (NaN boxes
+cost ROIAlign no samples). Each framework's loss is printed, to show that it stays finite.
 jaxseg rasterises the polygons inside each sampled RoI, as detectron2 (INPUT.MASK_FORMAT polygon).
 jaxseg runs detectron2's mask_rcnn_R_50_FPN_3x
 (FrozenBN, FREEZE_AT 2, 512 RoIs per image); torchvision its maskrcnn_resnet50_fpn (FrozenBN, 3 trainable
@@ -39,6 +42,7 @@ CONFIG = REPO / "configs" / "COCO-InstanceSegmentation" / "mask_rcnn_R_50_FPN_3x
 HW = (800, 1333)
 BATCH = 2
 INSTANCES = 6
+LR = 0.0  # see the module docstring
 
 
 def make_batch(seed: int = 0) -> dict[str, np.ndarray]:
@@ -74,7 +78,7 @@ def jaxseg_step(data: dict[str, np.ndarray]):
     from jaxseg.engine.train import init_train_state, make_train_step
     from jaxseg.models.registry import build_model
 
-    cfg = setup_cfg(str(CONFIG), ["MODEL.WEIGHTS", "", "SOLVER.IMS_PER_BATCH", str(BATCH), "SOLVER.BASE_LR", "0.02",
+    cfg = setup_cfg(str(CONFIG), ["MODEL.WEIGHTS", "", "SOLVER.IMS_PER_BATCH", str(BATCH), "SOLVER.BASE_LR", str(LR),
                                   "SOLVER.WARMUP_ITERS", "0", "DATALOADER.MAX_GT_INSTANCES", str(INSTANCES)])
     packed = [pack_polygons([[p] for p in image], 32, 4) for image in data["polygons"]]  # INPUT.MASK_FORMAT polygon
     padded = np.zeros((BATCH, -(-HW[0] // 32) * 32, -(-HW[1] // 32) * 32, 3), np.uint8)  # size divisibility
@@ -113,7 +117,7 @@ def torchvision_step(data: dict[str, np.ndarray]):
     backbone = _resnet_fpn_extractor(resnet, trainable_layers=3)
     model = torchvision.models.detection.MaskRCNN(backbone, num_classes=81)
     model.train()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02, momentum=0.9,
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR, momentum=0.9,
                           weight_decay=1e-4)
     images = [torch.from_numpy(im).permute(2, 0, 1).float() / 255 for im in data["images"]]
     targets = [{"boxes": torch.from_numpy(b), "labels": torch.from_numpy(c + 1).long(),
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     for k in ("jaxseg", "torchvision"):
         m, runs = med[k], ", ".join(f"{r['s']:.2f}" for r in steps[k])
         print(f"  {k:12s} {m['s']:7.2f} s  (cpu {m['cpu_s']:.1f} s, of which sys {m['sys_s']:.1f} s; "
-              f"{m['minflt'] / 1e6:.2f} M page faults)   runs {runs}")
+              f"{m['minflt'] / 1e6:.2f} M page faults)   runs {runs}; loss {steps[k][-1]['loss']:.4g}")
     print(f"  jaxseg compile {compile_s:.1f} s; load average {fig['load_avg'][0]:.1f}")
     print(f"RESULT jaxseg_s={med['jaxseg']['s']:.3f} torchvision_s={med['torchvision']['s']:.3f} ratio={ratio:.3f} "
           f"jaxseg_compile_s={compile_s:.1f} hugepages={int(args.hugepages)}")
