@@ -35,3 +35,28 @@ def shapes_root(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("JAXSEG_DATASETS", str(root))
         yield root
+
+
+@pytest.fixture(scope="session")
+def blendmask_weights(tmp_path_factory) -> dict[str, str]:
+    """AdelaiDet BlendMask R_50_3x .pth files of the seeded random weights the reference was made with (seed 1):
+    "bare" (the state dict, as the published files), "wrapped" ({'model': ..., 'iteration': ...}, torch's
+    legacy (pre-1.6) serialisation)."""
+    import json
+
+    sys.path.insert(0, os.path.join(DATA, "blendmask_R_50_3x"))
+    import make_weights as bm_weights
+
+    here = os.path.join(DATA, "blendmask_R_50_3x")
+    with open(os.path.join(here, "keys.json")) as f:
+        keys = json.load(f)
+    with open(os.path.join(here, "state_dict_metadata.json")) as f:
+        metadata = json.load(f)
+    sd = bm_weights.make_weights(keys, seed=1)
+    out = tmp_path_factory.mktemp("bmw")
+    paths = {}
+    for variant, kwargs in (("bare", {}), ("wrapped", {"wrap": "model", "legacy": True})):
+        paths[variant] = str(out / f"blendmask_{variant}.pth")
+        with open(paths[variant], "wb") as f:
+            f.write(bm_weights.to_pth_bytes(sd, metadata=metadata, **kwargs))
+    return paths

@@ -98,6 +98,7 @@ def register_adapter(adapter: CheckpointAdapter) -> CheckpointAdapter:
 
 
 def _import_builtin_adapters() -> None:
+    import jaxseg.checkpoint.adelaidet  # noqa: F401  (registers "adelaidet")
     import jaxseg.checkpoint.detectron2  # noqa: F401  (registers "detectron2")
 
 

@@ -305,6 +305,8 @@ def add_config(fn: Callable[[CfgNode], None]) -> Callable[[CfgNode], None]:
 
 def get_cfg() -> CfgNode:
     """A fresh, mutable copy of the default config (detectron2's keys plus the registered families')."""
+    import jaxseg.models  # noqa: F401  (the built-in families register their keys when imported)
+
     cfg = CfgNode(default_tree())
     add_jaxseg_keys(cfg)
     for extend in _EXTENSIONS:

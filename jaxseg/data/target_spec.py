@@ -30,6 +30,7 @@ class TargetSpec:
     polygons: bool = False  # the instances' polygons (float64, packed)
     bitmask_stride: int = 0  # 0: no full-image bitmasks
     semantic: bool = False
+    thing_semantic_stride: int = 0  # 0: no thing-semantic map (BlendMask's basis loss)
 
     def keys(self) -> tuple[str, ...]:
         """The ground-truth keys of a training batch for this spec."""

@@ -1,4 +1,4 @@
-"""Small layers shared by the models: detectron2-style Conv2d with an optional norm, FrozenBatchNorm.
+"""Small layers shared by the models: detectron2-style Conv2d with an optional norm, FrozenBatchNorm, BatchNorm.
 
 Parameter names follow the PyTorch modules so that checkpoints convert by renaming alone:
 a conv's weight is `kernel` (HWIO), its norm lives in a child called `norm` whose four buffers
@@ -54,6 +54,40 @@ class GroupNorm(nn.Module):
         return (g.reshape(x.shape) * weight + bias).astype(x.dtype)
 
 
+class BatchNorm(nn.Module):
+    """torch's BatchNorm2d (and SyncBatchNorm: the jitted step sees the global batch), PyTorch names.
+
+    Inference normalises with the running statistics. Training (`train=True`) normalises with the batch's
+    mean and biased variance over (N, H, W) and updates the running statistics as torch does: momentum 0.1,
+    the unbiased variance. `weight`/`bias` are parameters, `running_mean`/`running_var` sit in `batch_stats`.
+    """
+
+    eps: float = 1e-5
+    momentum: float = 0.1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        c = x.shape[-1]
+        weight = self.param("weight", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        running_mean = self.variable("batch_stats", "running_mean", jnp.zeros, (c,), jnp.float32)
+        running_var = self.variable("batch_stats", "running_var", jnp.ones, (c,), jnp.float32)
+        if train:
+            xf = x.astype(jnp.float32)
+            axes = tuple(range(x.ndim - 1))
+            mean = xf.mean(axes)
+            var = jnp.square(xf - mean).mean(axes)  # biased, as the normalisation uses
+            if not self.is_initializing():
+                n = x.size // c
+                m = self.momentum
+                running_mean.value = (1 - m) * running_mean.value + m * jax.lax.stop_gradient(mean)
+                running_var.value = (1 - m) * running_var.value + m * jax.lax.stop_gradient(var) * n / max(n - 1, 1)
+        else:
+            mean, var = running_mean.value, running_var.value
+        scale = weight * jax.lax.rsqrt(var + self.eps)
+        return (x * scale.astype(x.dtype) + (bias - mean * scale).astype(x.dtype))
+
+
 NORMS = ("", "FrozenBN", "GN")
 
 
@@ -96,6 +130,7 @@ class Conv2d(nn.Module):
     norm: str = ""
     activation: bool = False
     kernel_init: Callable = c2_msra_fill
+    bias_init: Callable = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -112,7 +147,7 @@ def _conv(m: Conv2d, x: jax.Array) -> jax.Array:
     kernel = m.param("kernel", m.kernel_init, (k, k, x.shape[-1], m.features), jnp.float32)
     y = conv2d(x, kernel.astype(x.dtype), stride=s, padding=p, dilation=d)
     if m.use_bias:
-        y = y + m.param("bias", nn.initializers.zeros, (m.features,), jnp.float32).astype(x.dtype)
+        y = y + m.param("bias", m.bias_init, (m.features,), jnp.float32).astype(x.dtype)
     return y
 
 
