@@ -41,6 +41,23 @@ REFUSED = {
     "TEST.PRECISE_BN.ENABLED": "True",
     "TEST.EXPECTED_RESULTS": "[['bbox', 'AP', 38.5, 0.2]]",
     "VIS_PERIOD": "100",
+    # AdelaiDet (FCOS, BlendMask)
+    "MODEL.MOBILENET": "True",
+    "MODEL.BACKBONE.ANTI_ALIAS": "True",
+    "INPUT.IS_ROTATE": "True",
+    "MODEL.FCOS.NORM": "SyncBN",
+    "MODEL.FCOS.USE_DEFORMABLE": "True",
+    "MODEL.FCOS.BOX_QUALITY": "iou",
+    "MODEL.FCOS.LOSS_NORMALIZER_CLS": "moving_fg",
+    "MODEL.FCOS.LOC_LOSS_TYPE": "smooth_l1",
+    "MODEL.FCOS.YIELD_PROPOSAL": "True",
+    "MODEL.FCOS.YIELD_BOX_FEATURES": "True",
+    "MODEL.BASIS_MODULE.NAME": "Other",
+    "MODEL.BASIS_MODULE.NORM": "GN",
+    "MODEL.BLENDMASK.POOLER_TYPE": "ROIPool",
+    "MODEL.BLENDMASK.TOP_INTERP": "bicubic",
+    "MODEL.BLENDMASK.VISUALIZE": "True",
+    "MODEL.BLENDMASK.POOLER_SCALES": "(0.125,)",
 }
 
 
