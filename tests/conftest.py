@@ -1,7 +1,6 @@
 """Shared fixtures. Eight fake CPU devices for the sharding tests (must be set before jax is imported)."""
 
 import os
-import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAXSEG_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".cache", "xla"))
@@ -11,14 +10,24 @@ import pytest  # noqa: E402
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
+def fixture_module(folder: str, name: str):
+    """A script of a tests/data folder as a module of its own (fixtures share file names such as
+    make_weights.py, so a plain import would return whichever came first)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", os.path.join(DATA, folder, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def d2_maskrcnn_weights(tmp_path_factory) -> str:
     """detectron2 model-zoo style .pkl of the seeded random weights the reference was made with (seed 1)."""
     import json
     import pickle
 
-    sys.path.insert(0, os.path.join(DATA, "d2_maskrcnn"))
-    import make_weights
+    make_weights = fixture_module("d2_maskrcnn", "make_weights")
 
     with open(os.path.join(DATA, "d2_maskrcnn", "keys.json")) as f:
         keys = json.load(f)
@@ -44,8 +53,7 @@ def blendmask_weights(tmp_path_factory) -> dict[str, str]:
     legacy (pre-1.6) serialisation)."""
     import json
 
-    sys.path.insert(0, os.path.join(DATA, "blendmask_R_50_3x"))
-    import make_weights as bm_weights
+    bm_weights = fixture_module("blendmask_R_50_3x", "make_weights")
 
     here = os.path.join(DATA, "blendmask_R_50_3x")
     with open(os.path.join(here, "keys.json")) as f:
