@@ -5,25 +5,28 @@ training, its `TargetSpec` (which ground truth to build); they read no INPUT.* s
 the predictor and the loaders share one implementation of every resize and pad rule.
 
 Training batch layout (a dict of numpy arrays; B = local batch size, G = DATALOADER.MAX_GT_INSTANCES,
-s = target_spec.bitmask_stride, (Hp, Wp) the batch's bucket, S and P the polygon capacity):
+s = target_spec.bitmask_stride, t = target_spec.thing_semantic_stride, (Hp, Wp) the batch's bucket, S and P
+the polygon capacity):
 
-================  =====================  ==========================================================
-images            (B, Hp, Wp, C) uint8   input_spec.format channel order, zero padding right/bottom
-image_hw          (B, 2) int32           resized image size inside the padding
-gt_boxes          (B, G, 4) float32      XYXY in resized-image pixels (zero where not valid)
-gt_classes        (B, G) int32           contiguous class ids (zero where not valid)
-gt_valid          (B, G) bool            which of the G slots hold an instance
-gt_polygon_xy     (B, G, S, 2, 2) u32    float64 polygon vertices as bit patterns (target_spec.polygons;
-gt_polygon_id     (B, G, S) int32        see jaxseg.data.masks.pack_polygons: S vertex slots and P
-gt_polygon_start  (B, G, P) int32        polygons per instance, the most of any instance of the dataset)
-gt_bitmasks       (B, G, Hp/s, Wp/s) u8  0/1 full-image mask at stride s (only when s > 0)
-image_id          (B,) int64             the dataset's image id
-================  =====================  ==========================================================
+=================  ======================  ==========================================================
+images             (B, Hp, Wp, C) uint8    input_spec.format channel order, zero padding right/bottom
+image_hw           (B, 2) int32            resized image size inside the padding
+gt_boxes           (B, G, 4) float32       XYXY in resized-image pixels (zero where not valid)
+gt_classes         (B, G) int32            contiguous class ids (zero where not valid)
+gt_valid           (B, G) bool             which of the G slots hold an instance
+gt_polygon_xy      (B, G, S, 2, 2) u32     float64 polygon vertices as bit patterns (target_spec.polygons;
+gt_polygon_id      (B, G, S) int32         see jaxseg.data.masks.pack_polygons: S vertex slots and P
+gt_polygon_start   (B, G, P) int32         polygons per instance, the most of any instance of the dataset)
+gt_bitmasks        (B, G, Hp/s, Wp/s) u8   0/1 full-image mask at stride s (only when s > 0)
+gt_thing_semantic  (B, Hp/t, Wp/t) int32   thing-semantic map at stride t: contiguous class id + 1, 0
+                                           background and padding (t > 0; see jaxseg.data.semantic)
+image_id           (B,) int64              the dataset's image id
+=================  ======================  ==========================================================
 
 The ground-truth keys are exactly ``target_spec.keys()``; `jaxseg.data.masks` gives the frames of
-the two mask forms, `jaxseg.data.mappers` the augmentation, `jaxseg.data.samplers` the batch plan and
-its buckets (each side rounded up to ``input_spec.size_divisibility``), `jaxseg.data.workers` the
-background execution.
+the two mask forms, `jaxseg.data.semantic` the thing-semantic map, `jaxseg.data.mappers` the
+augmentation, `jaxseg.data.samplers` the batch plan and its buckets (each side rounded up to
+``input_spec.size_divisibility``), `jaxseg.data.workers` the background execution.
 
 Determinism: the global batch plan depends only on (seed, dataset, IMS_PER_BATCH); the augmentation
 of the sample at position p of epoch e's stream draws from ``numpy.random.default_rng([seed, 1, e, p])``.
@@ -130,12 +133,13 @@ def _check_target_spec(target_spec: TargetSpec, buckets: Sequence[tuple[int, int
     if target_spec.semantic:
         raise UserError("the model's target spec asks for gt_semantic: semantic/panoptic ground truth is not "
                         "built by jaxseg's loader yet")
-    if target_spec.bitmask_stride < 0:
-        raise UserError(f"the target spec's bitmask_stride must be >= 0, got {target_spec.bitmask_stride}")
-    stride = target_spec.bitmask_stride
-    if stride and any(hp % stride or wp % stride for hp, wp in buckets):
-        raise UserError(f"bitmask stride {stride} does not divide the padded training sizes {list(buckets)}; "
-                        "the model's size divisibility must be a multiple of it")
+    strides = {"bitmask": target_spec.bitmask_stride, "thing-semantic": target_spec.thing_semantic_stride}
+    for name, stride in strides.items():
+        if stride < 0:
+            raise UserError(f"the target spec's {name} stride must be >= 0, got {stride}")
+        if stride and any(hp % stride or wp % stride for hp, wp in buckets):
+            raise UserError(f"{name} stride {stride} does not divide the padded training sizes {list(buckets)}; "
+                            "the model's size divisibility must be a multiple of it")
 
 
 def build_train_loader(cfg, dataset_dicts: Sequence[dict], input_spec: InputSpec, target_spec: TargetSpec, *,

@@ -4,8 +4,9 @@ Training follows detectron2's training mapper: the model's resize (``InputSpec.t
 ResizeShortestEdge over MIN_SIZE_TRAIN / MAX_SIZE_TRAIN / MIN_SIZE_TRAIN_SAMPLING), then
 RandomFlip(INPUT.RANDOM_FLIP); crowd annotations removed; boxes transformed, clipped to the new image
 and the empty ones dropped. Only the ground truth the model's `TargetSpec` names is built: no mask is decoded when the
-spec asks for none. Evaluation images are prepared by ``InputSpec.prepare_test_image``, the same code
-the predictor runs.
+spec asks for none. The thing-semantic map (`jaxseg.data.semantic`) is painted from every annotation of the
+record, crowd ones and dropped instances included, as AdelaiDet's precomputed map. Evaluation images are
+prepared by ``InputSpec.prepare_test_image``, the same code the predictor runs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from jaxseg.data.image_io import read_image
 from jaxseg.data.input_spec import InputSpec
 from jaxseg.data.masks import full_image_bitmask, pack_polygons, stride_sample, strided_size, transformed_polygons
+from jaxseg.data.semantic import thing_semantic_sample, top_left_size
 from jaxseg.data.target_spec import TargetSpec
 from jaxseg.data.transforms import FlipTransform, RandomFlip, ResizeShortestEdge, ResizeTransform
 from jaxseg.errors import UserError
@@ -61,7 +63,8 @@ class TrainMapper:
     A sample holds ``image`` (h, w, C), ``image_hw``, ``image_id``, ``boxes`` (n, 4) and ``classes`` (n,),
     plus ``polygons`` (n lists of (K, 2) float64 arrays in the resized, flipped image) with
     ``target_spec.polygons`` and ``bitmasks`` (n, hs, ws), the stride samples of the resized image (see
-    `jaxseg.data.masks`), with ``target_spec.bitmask_stride``.
+    `jaxseg.data.masks`), with ``target_spec.bitmask_stride``, and ``thing_semantic`` (ceil(h / s), ceil(w / s)),
+    the thing-semantic map's pixels (s i, s j) (`jaxseg.data.semantic`), with ``target_spec.thing_semantic_stride``.
     """
 
     records: Sequence[dict]
@@ -87,6 +90,9 @@ class TrainMapper:
             image = image[::-1] if flip.vertical else image
         sample = {"image": image, "image_hw": (resize.new_h, resize.new_w), "image_id": _int_id(record)}
         sample.update(self._instances(record, resize, flip))
+        if self.target_spec.thing_semantic_stride:  # every annotation, crowd ones too
+            sample["thing_semantic"] = thing_semantic_sample(record.get("annotations", ()), (h, w), resize, flip,
+                                                             self.target_spec.thing_semantic_stride)
         return sample
 
     def _instances(self, record: dict, resize: ResizeTransform, flip: FlipTransform | None) -> dict[str, np.ndarray]:
@@ -179,6 +185,9 @@ def collate_train(samples: Sequence[dict], bucket_hw: tuple[int, int], max_insta
         batch["gt_polygon_start"] = np.full((n, g, polygons), -1, np.int32)
     if stride:
         batch["gt_bitmasks"] = np.zeros((n, g, hp // stride, wp // stride), np.uint8)
+    sem_hw = _thing_semantic_hw((hp, wp), target_spec.thing_semantic_stride)
+    if sem_hw:
+        batch["gt_thing_semantic"] = np.zeros((n, *sem_hw), np.int32)
     batch["image_id"] = np.zeros((n,), np.int64)
     for i, sample in enumerate(samples):
         h, w = sample["image_hw"]
@@ -197,7 +206,15 @@ def collate_train(samples: Sequence[dict], bucket_hw: tuple[int, int], max_insta
         if stride:
             bits = sample["bitmasks"][:, : hp // stride, : wp // stride]
             batch["gt_bitmasks"][i, :k, : bits.shape[1], : bits.shape[2]] = bits
+        if sem_hw:  # zero padding, then the (s i, s j) samples that fall in the padded size
+            labels = sample["thing_semantic"][: sem_hw[0], : sem_hw[1]]
+            batch["gt_thing_semantic"][i, : labels.shape[0], : labels.shape[1]] = labels
     return batch
+
+
+def _thing_semantic_hw(padded_hw: tuple[int, int], stride: int) -> tuple[int, int] | None:
+    """(Hp // s, Wp // s) of ``gt_thing_semantic`` (F.interpolate's floor), None when the spec has no map."""
+    return (top_left_size(padded_hw[0], stride), top_left_size(padded_hw[1], stride)) if stride else None
 
 
 # ----------------------------------------------------------------------------------------------
