@@ -50,6 +50,7 @@ class InputSpec:
     fixed_hw: tuple[int, int] | None = None
     size_divisibility: int = 32
     buckets: tuple[tuple[int, int], ...] = ()
+    hflip_train: bool | None = None  # AdelaiDet families: INPUT.HFLIP_TRAIN decides the training flip
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_RULES:

@@ -46,6 +46,12 @@ def train_augmentations(cfg, input_spec: InputSpec) -> tuple[ResizeShortestEdge,
     if cfg.INPUT.CROP.ENABLED:
         raise UserError("INPUT.CROP.ENABLED is not supported by jaxseg's training loader; set it to False")
     mode = cfg.INPUT.RANDOM_FLIP
+    if input_spec.hflip_train is not None:  # AdelaiDet's mapper: a horizontal flip iff INPUT.HFLIP_TRAIN
+        if mode != "horizontal":
+            raise UserError(f"INPUT.RANDOM_FLIP {mode!r} is not read by this model (AdelaiDet's mapper flips "
+                            "horizontally when INPUT.HFLIP_TRAIN is True): set INPUT.HFLIP_TRAIN instead")
+        return input_spec.train_resize(), RandomFlip(0.5, horizontal=True, vertical=False) if input_spec.hflip_train \
+            else None
     if mode not in ("none", "horizontal", "vertical"):
         raise UserError(f"INPUT.RANDOM_FLIP must be 'none', 'horizontal' or 'vertical', got {mode!r}")
     flip = None if mode == "none" else RandomFlip(0.5, horizontal=mode == "horizontal", vertical=mode == "vertical")

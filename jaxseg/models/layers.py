@@ -77,6 +77,8 @@ class BatchNorm(nn.Module):
             axes = tuple(range(x.ndim - 1))
             mean = xf.mean(axes)
             var = jnp.square(xf - mean).mean(axes)  # biased, as the normalisation uses
+            self.sow("intermediates", "batch_mean", mean)  # kept only when "intermediates" is mutable
+            self.sow("intermediates", "batch_var", var)
             if not self.is_initializing():
                 n = x.size // c
                 m = self.momentum

@@ -89,7 +89,8 @@ class BlendMask(nn.Module, MetaArch):
                              f"{fcos.num_classes}")
         basis = ProtoNet(tuple(b.IN_FEATURES), int(b.NUM_BASES), int(b.CONVS_DIM), int(b.NUM_CONVS), bool(b.LOSS_ON),
                          int(b.NUM_CLASSES))
-        return cls(backbone, fcos, basis, InputSpec.from_config(cfg, backbone.size_divisibility),
+        input_spec = InputSpec.from_config(cfg, backbone.size_divisibility, hflip_train=bool(cfg.INPUT.HFLIP_TRAIN))
+        return cls(backbone, fcos, basis, input_spec,
                    blendmask_target_spec(cfg), num_classes=fcos.num_classes, attn_size=int(bm.ATTN_SIZE),
                    bottom_resolution=int(bm.BOTTOM_RESOLUTION), pooler_sampling_ratio=int(bm.POOLER_SAMPLING_RATIO),
                    pooler_aligned=bm.POOLER_TYPE == "ROIAlignV2", top_interp=str(bm.TOP_INTERP),

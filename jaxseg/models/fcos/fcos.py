@@ -16,6 +16,8 @@ import numpy as np
 from jaxseg.models.backbones.backbone import ShapeSpec, feature_strides
 from jaxseg.models.fcos.head import FCOSHead
 from jaxseg.models.fcos.inference import predict_instances
+from jaxseg.models.fcos.losses import fcos_losses
+from jaxseg.models.fcos.targets import fcos_locations, fcos_targets, level_ranges, location_levels
 from jaxseg.models.registry import PROPOSAL_GENERATOR_REGISTRY
 
 
@@ -68,12 +70,12 @@ class FCOS(nn.Module):
     @nn.nowrap
     def locations(self, head: dict[str, list[jax.Array]]) -> list[np.ndarray]:
         """(H_l * W_l, 2) float32 (x, y) per level over the padded feature maps."""
-        out = []
-        for m, s in zip(head["logits"], self.strides):
-            h, w = m.shape[1:3]
-            ys, xs = np.meshgrid(np.arange(h) * s + s // 2, np.arange(w) * s + s // 2, indexing="ij")
-            out.append(np.stack([xs.reshape(-1), ys.reshape(-1)], axis=1).astype(np.float32))
-        return out
+        hw = self.feature_hw(head)
+        return np.split(fcos_locations(hw, self.strides), np.cumsum([h * w for h, w in hw])[:-1])
+
+    @staticmethod
+    def feature_hw(head: dict[str, list[jax.Array]]) -> list[tuple[int, int]]:
+        return [tuple(m.shape[1:3]) for m in head["logits"]]
 
     @nn.nowrap
     def predict(self, head: dict[str, list[jax.Array]]) -> dict[str, jax.Array]:
@@ -95,13 +97,10 @@ class FCOS(nn.Module):
     def losses(self, head: dict[str, list[jax.Array]], batch: dict[str, jax.Array]
                ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
         """FCOS losses of a batch (gt_boxes, gt_classes, gt_valid) and the assignment BlendMask reuses."""
-        from jaxseg.models.fcos.losses import fcos_losses
-        from jaxseg.models.fcos.targets import fcos_targets, level_ranges
-
-        locations = self.locations(head)
-        level_index = np.concatenate([np.full(len(loc), i, np.int32) for i, loc in enumerate(locations)])
+        hw = self.feature_hw(head)
         ranges = level_ranges(self.sizes_of_interest, len(self.in_features))
-        targets = fcos_targets(np.concatenate(locations), level_index, self.strides, ranges, batch["gt_boxes"],
+        targets = fcos_targets(fcos_locations(hw, self.strides), location_levels(hw), self.strides, ranges,
+                               batch["gt_boxes"],
                                batch["gt_classes"], batch["gt_valid"], num_classes=self.num_classes,
                                center_sample=self.center_sample, pos_radius=self.pos_radius)
         logits = flatten_levels(head["logits"])

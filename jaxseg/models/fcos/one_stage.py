@@ -34,7 +34,8 @@ class OneStageDetector(nn.Module, MetaArch):
         backbone = build_backbone(cfg)
         fcos = PROPOSAL_GENERATOR_REGISTRY.get(cfg.MODEL.PROPOSAL_GENERATOR.NAME)(cfg, backbone.output_shape(),
                                                                                  kernels)
-        return cls(backbone, fcos, InputSpec.from_config(cfg, backbone.size_divisibility), TargetSpec(),
+        input_spec = InputSpec.from_config(cfg, backbone.size_divisibility, hflip_train=bool(cfg.INPUT.HFLIP_TRAIN))
+        return cls(backbone, fcos, input_spec, TargetSpec(),
                    num_classes=fcos.num_classes, freeze_at=int(cfg.MODEL.BACKBONE.FREEZE_AT), kernels=kernels,
                    precision=precision_from_config(cfg))
 
