@@ -68,3 +68,19 @@ def blendmask_weights(tmp_path_factory) -> dict[str, str]:
         with open(paths[variant], "wb") as f:
             f.write(bm_weights.to_pth_bytes(sd, metadata=metadata, **kwargs))
     return paths
+
+
+@pytest.fixture(scope="session")
+def tensormask_weights(tmp_path_factory) -> str:
+    """detectron2 model-zoo style .pkl of TensorMask R50-FPN's seeded random weights (seed 1, with the legacy
+    anchor_generator.cell_anchors entries of the 2019 files)."""
+    import json
+    import pickle
+
+    make_weights = fixture_module("tensormask_R_50_FPN_1x", "make_weights")
+    with open(os.path.join(DATA, "tensormask_R_50_FPN_1x", "keys.json")) as f:
+        keys = json.load(f)
+    path = tmp_path_factory.mktemp("tmw") / "tensormask_random.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(make_weights.make_weights(keys, seed=1), f, protocol=4)
+    return str(path)

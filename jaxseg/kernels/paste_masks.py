@@ -45,13 +45,17 @@ def paste_masks(
     return fn(masks, boxes, (int(h), int(w)), None if threshold is None else float(threshold))
 
 
-def _axis_weights(lo, hi, m: int, size: int):
-    """Interpolation weights (size, m) of one axis for a box spanning [lo, hi) (scalars)."""
+def _axis_weights(lo, hi, m: int, size: int, mask_side=None):
+    """Interpolation weights (size, m) of one axis for a box spanning [lo, hi) (scalars).
+
+    `mask_side` (a traced scalar <= m, default m): the mask's own side when it sits in the top-left corner of an
+    m x m buffer that is zero beyond it (masks of several sizes pasted by one program)."""
     centre = jnp.arange(size, dtype=jnp.float32) + 0.5
     # A full-shape divisor behind a barrier: XLA would otherwise multiply by an inexact 1 / (hi - lo).
     extent = lax.optimization_barrier(jnp.broadcast_to(hi - lo, centre.shape))
     g = (centre - lo) / extent * 2.0 - 1.0
-    u = ((g + 1.0) * m - 1.0) / 2.0  # (size,)
+    side = jnp.float32(m) if mask_side is None else jnp.asarray(mask_side, jnp.float32)
+    u = ((g + 1.0) * side - 1.0) / 2.0  # (size,)
     finite = jnp.isfinite(u)  # degenerate boxes give inf/NaN: no taps
     u = jnp.clip(jnp.where(finite, u, -2.0), -2.0, m + 1.0)  # outside the mask either way; no int overflow
     u0 = jnp.floor(u)
@@ -62,15 +66,30 @@ def _axis_weights(lo, hi, m: int, size: int):
     return jnp.where(finite[:, None], w, 0.0)
 
 
-def _paste_values(mask, box, image_shape):
-    """Interpolated values (H, W) float32 of one mask (M, M) at one box (4,)."""
+def _paste_values(mask, box, image_shape, mask_side=None):
+    """Interpolated values (H, W) float32 of one mask (M, M) at one box (4,); `mask_side` as in _axis_weights."""
     h, w = image_shape
     m = mask.shape[-1]
     b = box.astype(jnp.float32)
-    wy = _axis_weights(b[1], b[3], m, h)  # (H, M)
-    wx = _axis_weights(b[0], b[2], m, w)  # (W, M)
+    wy = _axis_weights(b[1], b[3], m, h, mask_side)  # (H, M)
+    wx = _axis_weights(b[0], b[2], m, w, mask_side)  # (W, M)
     rows = jnp.dot(wy, mask.astype(jnp.float32), precision=_HIGHEST)  # (H, M)
     return jnp.dot(rows, wx.T, precision=_HIGHEST)
+
+
+def paste_masks_of_sizes(masks: jax.Array, sides: jax.Array, boxes: jax.Array, image_shape: tuple[int, int],
+                         threshold: float | None = 0.5) -> jax.Array:
+    """Like :func:`paste_masks` for masks of different sizes: mask i is masks[i, :sides[i], :sides[i]] of an
+    (N, M, M) buffer that is zero beyond it (pure JAX; one program for every size)."""
+    h, w = int(image_shape[0]), int(image_shape[1])
+
+    def paste(args):
+        values = _paste_values(args[0], args[2], (h, w), args[1])
+        return values if threshold is None else values >= threshold
+
+    if masks.shape[0] == 0:
+        return jnp.zeros((0, h, w), jnp.float32 if threshold is None else bool)
+    return lax.map(paste, (masks, sides, boxes), batch_size=min(_MASKS_PER_STEP, masks.shape[0]))
 
 
 @register("paste_masks", "xla")

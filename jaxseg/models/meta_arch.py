@@ -51,6 +51,14 @@ def kernels_from_config(cfg) -> str | None:
     return name
 
 
+def backbone_is_frozen(backbone, freeze_at: int, path: tuple[str, ...]) -> bool:
+    """FREEZE_AT for a model whose backbone is its `backbone` submodule: the first `freeze_at` stages the backbone
+    declares (stem, res2, ...) stay fixed; nothing outside the backbone does."""
+    if not path or path[0] != "backbone":
+        return False
+    return backbone.stage_of(path[1:]) in backbone.frozen_stages(freeze_at)
+
+
 class MetaArch:
     """Mixin for a family's top-level nn.Module; see the module docstring for the contract."""
 

@@ -5,6 +5,8 @@ Top blocks add coarser levels on the last output:
 * "maxpool" (detectron2's LastLevelMaxPool, Mask R-CNN): p6 = p5[::2, ::2] (max pool, kernel 1, stride 2);
 * "p6p7" (AdelaiDet's LastLevelP6P7 on p5, FCOS.TOP_LEVELS 2): p6 = conv3x3/2(p5), p7 = conv3x3/2(relu(p6));
 * "p6" (LastLevelP6, TOP_LEVELS 1): p6 only; "" (TOP_LEVELS 0): none.
+`top_block_input` says what p6 is computed from: the last FPN output ("p5", AdelaiDet) or the last bottom-up
+feature ("res5", detectron2's RetinaNet backbone, which TensorMask uses).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class FPN(nn.Module, Backbone):
     norm: str = ""
     fuse_type: str = "sum"
     top_block: str = "maxpool"  # one of TOP_BLOCKS (see the module docstring)
+    top_block_input: str = "p5"  # "p5" (the last output) or "res5" (the last bottom-up feature) for p6p7/p6
 
     def __post_init__(self) -> None:
         check_norm(self.norm, "MODEL.FPN.NORM")
@@ -106,8 +109,9 @@ class FPN(nn.Module, Backbone):
         if self.top_block == "maxpool":
             results[f"p{last + 1}"] = results[f"p{last}"][:, ::2, ::2, :]
         elif self.top_block:
+            source = feats[self.in_features[-1]] if self.top_block_input == "res5" else results[f"p{last}"]
             results.update(LastLevelP6P7(self.out_channels, with_p7=self.top_block == "p6p7", level=last,
-                                         name="top_block")(results[f"p{last}"]))
+                                         name="top_block")(source))
         return dict(sorted(results.items(), key=lambda kv: int(kv[0][1:])))
 
 
@@ -131,3 +135,12 @@ def build_fcos_resnet_fpn_backbone(cfg) -> FPN:
     f = cfg.MODEL.FPN
     return FPN(bottom_up, in_features=tuple(f.IN_FEATURES), out_channels=f.OUT_CHANNELS, norm=f.NORM,
                fuse_type=f.FUSE_TYPE, top_block=blocks[top_levels], name="backbone")
+
+
+@BACKBONE_REGISTRY.register()
+def build_retinanet_resnet_fpn_backbone(cfg) -> FPN:
+    """detectron2's RetinaNet backbone: ResNet + FPN with p6 = conv(res5), p7 = conv(relu(p6))."""
+    bottom_up = resnet_from_config(cfg, "bottom_up")
+    f = cfg.MODEL.FPN
+    return FPN(bottom_up, in_features=tuple(f.IN_FEATURES), out_channels=f.OUT_CHANNELS, norm=f.NORM,
+               fuse_type=f.FUSE_TYPE, top_block="p6p7", top_block_input="res5", name="backbone")

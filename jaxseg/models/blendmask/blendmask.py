@@ -12,7 +12,7 @@ kernel), not on every location of every level as upstream does: the same numbers
 from __future__ import annotations
 
 import functools
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -26,7 +26,7 @@ from jaxseg.models.blendmask.basis_module import ProtoNet
 from jaxseg.models.blendmask.blender import merge_bases, pool_bases
 from jaxseg.models.fcos.fcos import FCOS, flatten_levels
 from jaxseg.models.layers import Conv2d, normal_init
-from jaxseg.models.meta_arch import MetaArch, kernels_from_config, precision_from_config
+from jaxseg.models.meta_arch import MetaArch, backbone_is_frozen, kernels_from_config, precision_from_config
 from jaxseg.models.rcnn.postprocessing import detector_postprocess
 from jaxseg.models.rcnn.roi_heads import mask_targets
 from jaxseg.models.registry import META_ARCH_REGISTRY, PROPOSAL_GENERATOR_REGISTRY, build_backbone
@@ -198,17 +198,11 @@ class BlendMask(nn.Module, MetaArch):
 
     @nn.nowrap
     def is_frozen(self, path: tuple[str, ...]) -> bool:
-        if not path or path[0] != "backbone":
-            return False
-        return self.backbone.stage_of(path[1:]) in self.backbone.frozen_stages(self.freeze_at)
+        return backbone_is_frozen(self.backbone, self.freeze_at, path)
 
     @nn.nowrap
     def train_collections(self) -> tuple[str, ...]:
         return ("batch_stats",)  # the basis module's BatchNorm statistics
-
-    @nn.nowrap
-    def class_names(self) -> Any:
-        return None
 
 
 def semantic_loss(logits: jax.Array, target: jax.Array) -> jax.Array:

@@ -11,7 +11,7 @@ from jaxseg.data.input_spec import InputSpec
 from jaxseg.data.target_spec import TargetSpec
 from jaxseg.models.backbones.backbone import Backbone
 from jaxseg.models.fcos.fcos import FCOS
-from jaxseg.models.meta_arch import MetaArch, kernels_from_config, precision_from_config
+from jaxseg.models.meta_arch import MetaArch, backbone_is_frozen, kernels_from_config, precision_from_config
 from jaxseg.models.rcnn.postprocessing import detector_postprocess
 from jaxseg.models.registry import META_ARCH_REGISTRY, PROPOSAL_GENERATOR_REGISTRY, build_backbone
 
@@ -58,6 +58,4 @@ class OneStageDetector(nn.Module, MetaArch):
 
     @nn.nowrap
     def is_frozen(self, path: tuple[str, ...]) -> bool:
-        if not path or path[0] != "backbone":
-            return False
-        return self.backbone.stage_of(path[1:]) in self.backbone.frozen_stages(self.freeze_at)
+        return backbone_is_frozen(self.backbone, self.freeze_at, path)

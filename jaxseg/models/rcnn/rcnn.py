@@ -17,7 +17,7 @@ import jax
 from jaxseg.data.input_spec import InputSpec
 from jaxseg.data.target_spec import TargetSpec
 from jaxseg.models.backbones.backbone import Backbone
-from jaxseg.models.meta_arch import MetaArch, kernels_from_config, precision_from_config
+from jaxseg.models.meta_arch import MetaArch, backbone_is_frozen, kernels_from_config, precision_from_config
 from jaxseg.models.rcnn.postprocessing import detector_postprocess
 from jaxseg.models.rcnn.roi_heads import StandardROIHeads
 from jaxseg.models.rcnn.rpn import RPN
@@ -106,9 +106,7 @@ class GeneralizedRCNN(nn.Module, MetaArch):
     @nn.nowrap
     def is_frozen(self, path: tuple[str, ...]) -> bool:
         """FREEZE_AT: the first `freeze_at` stages the backbone declares (stem, res2, ...) stay fixed."""
-        if not path or path[0] != "backbone":
-            return False
-        return self.backbone.stage_of(path[1:]) in self.backbone.frozen_stages(self.freeze_at)
+        return backbone_is_frozen(self.backbone, self.freeze_at, path)
 
     @nn.nowrap
     def class_names(self) -> Any:
