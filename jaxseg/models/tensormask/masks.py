@@ -61,4 +61,5 @@ def natural_windows(aligned: jax.Array, group: jax.Array, y: jax.Array, x: jax.A
         values = jnp.where(iy[:, :, None, None] & ix[None, None], values, jnp.float32(pad))
         return (values * (wy[:, :, None, None] * wx[None, None])).sum(axis=(1, 3))
 
-    return jax.lax.map(one, (group, side, ty, tv, wy, iy, tx, tu, wx, ix), batch_size=4)
+    # rematerialised in the backward: the (V, 4, U, 4) gathered taps are not kept for every window
+    return jax.lax.map(jax.checkpoint(one), (group, side, ty, tv, wy, iy, tx, tu, wx, ix), batch_size=4)

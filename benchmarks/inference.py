@@ -1,23 +1,25 @@
-"""BlendMask R_50_3x against Mask R-CNN R50-FPN inference in jaxseg on CPU, in one run (and AdelaiDet's own
-BlendMask where an AdelaiDet source tree is given).
+"""Every family's inference against Mask R-CNN R50-FPN in jaxseg on CPU, in one run: BlendMask R_50_3x,
+TensorMask R50-FPN 1x (and AdelaiDet's own BlendMask where an AdelaiDet source tree is given).
 
 AdelaiDet's table has BlendMask R_50 at 14 FPS and Mask R-CNN R_50 at 13 FPS (V100): BlendMask should not be
-slower. Both jaxseg models get seeded random weights (the test fixtures' make_weights.py: a detectron2 .pkl and an
-AdelaiDet .pth) and the same 800x1333 picture (tests/data/d2_maskrcnn/image.png resized with Pillow bilinear, so
-neither resizes it again); they are timed alternately through `jaxseg.Predictor` (host pad -> jitted model ->
-paste -> host crop). Prints the median latency of each and the ratio BlendMask / Mask R-CNN (lower is better).
+slower; TensorMask is the slow one of its paper (dense windows). Every model gets seeded random weights (the test
+fixtures' make_weights.py: detectron2 .pkl files and an AdelaiDet .pth) and the same 800x1333 picture
+(tests/data/d2_maskrcnn/image.png resized with Pillow bilinear, so none resizes it again); they are timed
+alternately through `jaxseg.Predictor` (host pad -> jitted model -> paste -> host crop). Prints the median latency
+of each and its ratio to Mask R-CNN (lower is better).
 
 With ADETSRC=<AdelaiDet source> (and D2SRC=<detectron2 source>, or detectron2 importable), AdelaiDet's own
 BlendMask runs on the same picture and the same .pth in its own process (torch, the same threads; AdelaiDet is
 imported unbuilt, its unused C++ extension stubbed, as the reference fixture does), and the ratio
 jaxseg / AdelaiDet is printed too.
 
-    python benchmarks/inference_blendmask.py [--threads N] [--runs 5] [--json out.json]
+    python benchmarks/inference.py [--threads N] [--runs 5] [--families blendmask,tensormask] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -36,6 +38,8 @@ import inference_maskrcnn as mrcnn  # noqa: E402  (shared image, threads and tim
 
 BLENDMASK_CONFIG = REPO / "configs" / "BlendMask" / "R_50_3x.yaml"
 BLENDMASK_FIXTURE = REPO / "tests" / "data" / "blendmask_R_50_3x"
+TENSORMASK_CONFIG = REPO / "configs" / "TensorMask" / "tensormask_R_50_FPN_1x.yaml"
+TENSORMASK_FIXTURE = REPO / "tests" / "data" / "tensormask_R_50_FPN_1x"
 ADET_TAG = "ADELAIDET_S="
 
 
@@ -44,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for every model (all)")
     ap.add_argument("--runs", type=int, default=5, help="timed runs per model after one warm-up (5)")
     ap.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
+    ap.add_argument("--families", default="blendmask,tensormask", help="families to time against Mask R-CNN")
     ap.add_argument("--adelaidet-child", metavar="WEIGHTS", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -60,6 +65,17 @@ def write_blendmask_weights(path: Path) -> Path:
     mw = _fixture_module("bm_make_weights", BLENDMASK_FIXTURE / "make_weights.py")
     keys = json.loads((BLENDMASK_FIXTURE / "keys.json").read_text())
     path.write_bytes(mw.to_pth_bytes(mw.make_weights(keys, seed=1)))
+    return path
+
+
+def write_tensormask_weights(path: Path) -> Path:
+    """The TensorMask fixture's seeded random detectron2 weights (seed 1) as a model-zoo .pkl."""
+    import pickle
+
+    mw = _fixture_module("tm_make_weights", TENSORMASK_FIXTURE / "make_weights.py")
+    keys = json.loads((TENSORMASK_FIXTURE / "keys.json").read_text())
+    with open(path, "wb") as f:
+        pickle.dump(mw.make_weights(keys, seed=1), f)
     return path
 
 
@@ -106,17 +122,24 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
     tmp = Path(tempfile.mkdtemp(prefix="jaxseg_bench_bm_"))
     os.environ.setdefault("JAXSEG_CACHE_DIR", str(tmp / "xla"))
-    bm_weights = write_blendmask_weights(tmp / "blendmask_R_50_3x_random.pth")
+    families = [f for f in args.families.split(",") if f]
     mr_weights = mrcnn.write_weights(tmp / "mask_rcnn_random.pkl")
-    blendmask = Predictor(setup_cfg(str(BLENDMASK_CONFIG), []), str(bm_weights))
-    maskrcnn = Predictor(setup_cfg(str(mrcnn.CONFIG), []), str(mr_weights))
+    predictors = {"maskrcnn": Predictor(setup_cfg(str(mrcnn.CONFIG), []), str(mr_weights))}
+    if "blendmask" in families:
+        bm_weights = write_blendmask_weights(tmp / "blendmask_R_50_3x_random.pth")
+        predictors["blendmask"] = Predictor(setup_cfg(str(BLENDMASK_CONFIG), []), str(bm_weights))
+    if "tensormask" in families:
+        tm_weights = write_tensormask_weights(tmp / "tensormask_random.pkl")
+        predictors["tensormask"] = Predictor(setup_cfg(str(TENSORMASK_CONFIG), []), str(tm_weights))
     bgr = np.ascontiguousarray(mrcnn.load_image_rgb()[:, :, ::-1])
-    times = mrcnn.time_alternating({"blendmask": lambda: len(blendmask(bgr).scores),
-                                    "maskrcnn": lambda: len(maskrcnn(bgr).scores)}, args.runs)
+    times = mrcnn.time_alternating({k: functools.partial(lambda p: len(p(bgr).scores), p)
+                                    for k, p in predictors.items()}, args.runs)
     fig = {k: statistics.median(v["wall"]) for k, v in times.items()}
-    fig["ratio_blendmask_over_maskrcnn"] = fig["blendmask"] / fig["maskrcnn"]
+    for k in predictors:
+        if k != "maskrcnn":
+            fig[f"ratio_{k}_over_maskrcnn"] = fig[k] / fig["maskrcnn"]
     fig["runs"] = {k: v["wall"] for k, v in times.items()}
-    adet = adelaidet_times(bm_weights, args.runs, args.threads)
+    adet = adelaidet_times(bm_weights, args.runs, args.threads) if "blendmask" in families else None
     if adet is not None:
         fig["adelaidet"] = statistics.median(adet)
         fig["ratio_jaxseg_over_adelaidet"] = fig["blendmask"] / fig["adelaidet"]
@@ -132,14 +155,19 @@ def main(argv: list[str] | None = None) -> None:
         return
     fig = benchmark(args)
     print(f"800x1333, {args.threads} threads, median of {args.runs} runs (after one warm-up):")
-    print(f"  jaxseg BlendMask R_50_3x   {fig['blendmask']:7.3f} s   runs {fig['runs']['blendmask']}")
-    print(f"  jaxseg Mask R-CNN R50-FPN  {fig['maskrcnn']:7.3f} s   runs {fig['runs']['maskrcnn']}")
-    line = f"RESULT blendmask_s={fig['blendmask']:.3f} maskrcnn_s={fig['maskrcnn']:.3f} " \
-           f"ratio={fig['ratio_blendmask_over_maskrcnn']:.3f}"
+    names = {"maskrcnn": "Mask R-CNN R50-FPN", "blendmask": "BlendMask R_50_3x", "tensormask": "TensorMask R50-FPN"}
+    line = "RESULT"
+    for k in fig["runs"]:
+        ratio = "" if k == "maskrcnn" else f"   ratio to Mask R-CNN {fig[f'ratio_{k}_over_maskrcnn']:.3f}"
+        print(f"  jaxseg {names[k]:20s} {fig[k]:7.3f} s{ratio}   runs " + ", ".join(f"{t:.2f}" for t in fig["runs"][k]))
+        line += f" {k}_s={fig[k]:.3f}"
+        if k != "maskrcnn":
+            line += f" {k}_ratio={fig[f'ratio_{k}_over_maskrcnn']:.3f}"
     if "adelaidet" in fig:
-        print(f"  AdelaiDet BlendMask        {fig['adelaidet']:7.3f} s")
+        print(f"  AdelaiDet BlendMask         {fig['adelaidet']:7.3f} s   jaxseg / AdelaiDet "
+              f"{fig['ratio_jaxseg_over_adelaidet']:.3f}")
         line += f" adelaidet_s={fig['adelaidet']:.3f} jaxseg_over_adelaidet={fig['ratio_jaxseg_over_adelaidet']:.3f}"
-    else:
+    elif "blendmask" in fig:
         print("  (set ADETSRC to an AdelaiDet source tree to time AdelaiDet's BlendMask too)")
     print(line)
     if args.json:
