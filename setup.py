@@ -44,7 +44,10 @@ class OptionalBuildExt(build_ext):
 
 ffi_cpu = Extension(
     "jaxseg.kernels._ffi_cpu",
-    sources=[os.path.join(CSRC, f) for f in ("module.cc", "roi_align.cc", "nms.cc", "paste_masks.cc")],
+    sources=[
+        os.path.join(CSRC, f)
+        for f in ("module.cc", "roi_align.cc", "nms.cc", "paste_masks.cc", "swap_align2nat.cc")
+    ],
     depends=[os.path.join(CSRC, "common.h")],
     language="c++",
     extra_compile_args=[

@@ -1,6 +1,6 @@
-"""Kernel times on CPU: jaxseg "ffi" (C++) and "xla" (pure JAX) against torchvision, in one run.
+"""Kernel times on CPU: jaxseg "ffi" (C++) and "xla" (pure JAX) against torchvision / torch, in one run.
 
-    python benchmarks/kernels.py [--threads N] [--runs 5] [--json out.json]
+    python benchmarks/kernels.py [--threads N] [--runs 5] [--ops roi_align,nms,paste,swap] [--json out.json]
 
 Rows (float32, batch 1, every side on the same inputs and thread count):
 
@@ -13,14 +13,21 @@ Rows (float32, batch 1, every side on the same inputs and thread count):
 * paste of 100 28x28 masks into 800x1333 (threshold 0.5, bool out); reference torchvision's Mask R-CNN
   paste_masks_in_image (+ threshold), and detectron2's algorithm (grid_sample over each box's region)
   written in torch, which is the exact semantics jaxseg implements.
+* swap_align2nat (TensorMask) forward, and forward + backward (input gradient of a sum), on the aligned
+  mask logits of an 800x1333 image (p2 resolution, 200x336, padded to 800x1344): S = 11 and 15 (121 and 225
+  channels), at p2 (lambda 1, output 200x336x S^2) and p3 (lambda 2, output 100x168x (2S)^2, 484 and 900
+  channels); reference: the vectorised torch CPU implementation
+  tests/data/tensormask_R_50_FPN_1x/swap_align2nat_cpu.py on NCHW (upstream's op is CUDA-only).
 
-Times are medians of --runs calls after one warm-up (jit compiles are excluded); ratio = ffi / torchvision,
-lower is better, target <= 1.0. Last line: `RESULT <row>_ffi_s=... <row>_ratio=... ...`.
+Times are medians of --runs calls after one warm-up (jit compiles are excluded); ratio = ffi / reference
+(torchvision, or torch for swap_align2nat), lower is better, target <= 1.0. Last line:
+`RESULT <row>_ffi_s=... <row>_ratio=... ...`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -32,6 +39,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every side (default: all)")
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--ops", default="roi_align,nms,paste,swap", help="comma-separated subset of the rows to run")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     return p.parse_args()
 
@@ -50,7 +58,7 @@ import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
 from torchvision.models.detection.roi_heads import paste_masks_in_image  # noqa: E402
 
-from jaxseg.kernels import ffi, nms, paste_masks, roi_align  # noqa: E402
+from jaxseg.kernels import ffi, nms, paste_masks, roi_align, swap_align2nat  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
 IMPLS = ("ffi", "xla")
@@ -186,6 +194,43 @@ def time_paste(masks, boxes, runs: int, hw=(800, 1333)) -> dict[str, float]:
     return res
 
 
+# ---------------------------------------------------------------------------------------------- swap_align2nat
+SWAP_MAP = (200, 336)  # p2 of 800x1333 padded to 800x1344: TensorMask's aligned logits, for every level
+SWAP_CPU = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data",
+                        "tensormask_R_50_FPN_1x", "swap_align2nat_cpu.py")
+
+
+def torch_swap_module():
+    spec = importlib.util.spec_from_file_location("swap_align2nat_cpu", SWAP_CPU)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def time_swap(rng: np.random.Generator, s: int, lam: int, runs: int) -> dict[str, float]:
+    res = {}
+    x = (rng.standard_normal((1, *SWAP_MAP, s * s)) * 3).astype(np.float32)  # (1, H, W, S*S)
+    jx = jnp.asarray(x)
+    for impl in IMPLS:
+        fwd = jax.jit(lambda a, impl=impl: swap_align2nat(a, lam, -6.0, implementation=impl))
+        grad = jax.jit(jax.value_and_grad(lambda a, impl=impl: jnp.sum(swap_align2nat(a, lam, -6.0, impl))))
+        res[f"{impl}_fwd"] = median_time(lambda fwd=fwd: jax.block_until_ready(fwd(jx)), runs)
+        res[f"{impl}_fwdbwd"] = median_time(lambda grad=grad: jax.block_until_ready(grad(jx)), runs)
+    cpu = torch_swap_module()
+    tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+    def torch_fwdbwd():
+        y = cpu.swap_align2nat_forward(tx, lam, -6.0)
+        return float(y.sum()), cpu.swap_align2nat_backward(torch.ones_like(y), lam, *tx.shape)
+
+    res["torch_fwd"] = median_time(lambda: cpu.swap_align2nat_forward(tx, lam, -6.0), runs)
+    res["torch_fwdbwd"] = median_time(torch_fwdbwd, runs)
+    ours = np.asarray(swap_align2nat(jx, lam, -6.0, implementation="ffi"))
+    ref = cpu.swap_align2nat_forward(tx, lam, -6.0).permute(0, 2, 3, 1).numpy()
+    res["equal"] = bool(np.array_equal(ours, ref))
+    return res
+
+
 # ---------------------------------------------------------------------------------------------- main
 def main() -> int:
     if not ffi.is_available():
@@ -196,26 +241,40 @@ def main() -> int:
           f"jax {jax.__version__}, torch {torch.__version__}, torchvision {torchvision.__version__}")
     rows: list[tuple[str, float, float, float, str]] = []  # name, ffi, xla, torchvision, note
 
-    feats, per_level = roi_align_case(rng)
-    counts = "/".join(str(len(b)) for b in per_level)
-    for out in (7, 14):
-        r = time_roi_align(feats, per_level, out, ARGS.runs)
-        for kind in ("fwd", "fwdbwd"):
-            rows.append((f"roi_align_{out}x{out}_{kind}", r[f"ffi_{kind}"], r[f"xla_{kind}"], r[f"torchvision_{kind}"],
-                         f"RoIs per level {counts}"))
-    for n in (1000, 5000, 20000):
-        r = time_nms(*nms_case(rng, n), ARGS.runs)
-        rows.append((f"nms_{n // 1000}k", r["ffi"], r["xla"], r["torchvision"], f"{r['kept']} kept"))
-    r = time_paste(*paste_case(rng), ARGS.runs)
-    rows.append(("paste_100x800x1333", r["ffi"], r["xla"], r["torchvision"],
-                 f"torch detectron2-style {r['torch_d2'] * 1e3:.1f} ms; pixels equal to it {r['d2_agreement']:.5f}"))
+    ops = set(ARGS.ops.split(","))
+    if "roi_align" in ops:
+        feats, per_level = roi_align_case(rng)
+        counts = "/".join(str(len(b)) for b in per_level)
+        for out in (7, 14):
+            r = time_roi_align(feats, per_level, out, ARGS.runs)
+            for kind in ("fwd", "fwdbwd"):
+                rows.append((f"roi_align_{out}x{out}_{kind}", r[f"ffi_{kind}"], r[f"xla_{kind}"],
+                             r[f"torchvision_{kind}"], f"RoIs per level {counts}"))
+    if "nms" in ops:
+        for n in (1000, 5000, 20000):
+            r = time_nms(*nms_case(rng, n), ARGS.runs)
+            rows.append((f"nms_{n // 1000}k", r["ffi"], r["xla"], r["torchvision"], f"{r['kept']} kept"))
+    if "paste" in ops:
+        r = time_paste(*paste_case(rng), ARGS.runs)
+        note = f"torch detectron2-style {r['torch_d2'] * 1e3:.1f} ms; pixels equal to it {r['d2_agreement']:.5f}"
+        rows.append(("paste_100x800x1333", r["ffi"], r["xla"], r["torchvision"], note))
+    if "swap" in ops:
+        for level, lam in (("p2", 1), ("p3", 2)):
+            for s in (11, 15):
+                r = time_swap(rng, s, lam, ARGS.runs)
+                out_c = (lam * s) ** 2
+                note = f"ref: torch; {SWAP_MAP[0] // lam}x{SWAP_MAP[1] // lam}x{out_c} out; equal {r['equal']}"
+                for kind in ("fwd", "fwdbwd"):
+                    rows.append((f"swap_{level}_s{s}_{kind}", r[f"ffi_{kind}"], r[f"xla_{kind}"], r[f"torch_{kind}"],
+                                 note))
 
-    print(f"{'row':24s} {'ffi ms':>9s} {'xla ms':>9s} {'tv ms':>9s} {'ffi/tv':>7s} {'xla/tv':>7s}  note")
+    print(f"{'row':24s} {'ffi ms':>9s} {'xla ms':>9s} {'ref ms':>9s} {'ffi/ref':>7s} {'xla/ref':>7s}  note")
     figures = {}
     for name, t_ffi, t_xla, t_tv, note in rows:
         print(f"{name:24s} {t_ffi * 1e3:9.2f} {t_xla * 1e3:9.2f} {t_tv * 1e3:9.2f} {t_ffi / t_tv:7.2f} "
               f"{t_xla / t_tv:7.2f}  {note}")
-        figures[name] = {"ffi_s": t_ffi, "xla_s": t_xla, "torchvision_s": t_tv, "ratio": t_ffi / t_tv}
+        ref_name = "torch" if name.startswith("swap") else "torchvision"
+        figures[name] = {"ffi_s": t_ffi, "xla_s": t_xla, f"{ref_name}_s": t_tv, "ratio": t_ffi / t_tv}
     print(f"load average now {os.getloadavg()[0]:.2f}")
     print("RESULT " + " ".join(f"{k}_ffi_s={v['ffi_s']:.4f} {k}_ratio={v['ratio']:.2f}" for k, v in figures.items()))
     if ARGS.json:

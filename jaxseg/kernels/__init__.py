@@ -5,5 +5,6 @@ from jaxseg.kernels import triton as _triton  # noqa: F401  (registers "triton";
 from jaxseg.kernels.nms import batched_nms, nms
 from jaxseg.kernels.paste_masks import paste_masks
 from jaxseg.kernels.roi_align import roi_align
+from jaxseg.kernels.swap_align2nat import swap_align2nat, swap_align2nat_at
 
-__all__ = ["batched_nms", "nms", "paste_masks", "roi_align"]
+__all__ = ["batched_nms", "nms", "paste_masks", "roi_align", "swap_align2nat", "swap_align2nat_at"]

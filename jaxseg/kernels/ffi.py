@@ -1,10 +1,11 @@
 """The "ffi" kernels: C++ XLA FFI custom calls on CPU (sources in ``csrc/``, built by ``pip install``).
 
 Same signatures and semantics as the pure-JAX "xla" implementations (roi_align, nms, batched_nms,
-paste_masks), which stay the reference. The C++ handlers run multithreaded (``$JAXSEG_FFI_THREADS``
+paste_masks, swap_align2nat), which stay the reference. The C++ handlers run multithreaded (``$JAXSEG_FFI_THREADS``
 threads, default: all cores) and handle leading batch dimensions, so every op works under ``jit`` and
 ``vmap`` (``vmap_method="expand_dims"``: an unbatched operand is not copied per batch element).
-roi_align's feature gradient is a ``jax.custom_vjp`` whose backward is a second C++ kernel.
+roi_align's and swap_align2nat's input gradients are ``jax.custom_vjp``s whose backward is a second C++
+kernel.
 
 The compiled module ``jaxseg.kernels._ffi_cpu`` is optional: when the install could not build it,
 importing this module warns once and the ops are registered as unavailable, so the dispatcher picks
@@ -14,6 +15,7 @@ importing this module warns once and the ops are registered as unavailable, so t
 from __future__ import annotations
 
 import importlib
+import math
 import warnings
 from functools import partial
 
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseg.kernels._dispatch import register
+from jaxseg.kernels.swap_align2nat import output_shape
 
 try:
     _ffi_cpu = importlib.import_module("jaxseg.kernels._ffi_cpu")
@@ -190,3 +193,37 @@ def paste_masks_ffi(
         return jax.ffi.ffi_call("jaxseg_paste_masks_values", shape, vmap_method=_VMAP)(*args)
     call = jax.ffi.ffi_call("jaxseg_paste_masks_binary", shape, vmap_method=_VMAP)
     return call(*args, threshold=np.float32(threshold))
+
+
+# ----------------------------------------------------------------------------------------------
+# swap_align2nat
+
+
+@register("swap_align2nat", "ffi", available=is_available)
+def swap_align2nat_ffi(x: jax.Array, lam: int, pad: float) -> jax.Array:
+    """C++ :func:`jaxseg.kernels.swap_align2nat` (arguments as ``swap_align2nat_xla``)."""
+    out_shape = output_shape(x.shape, lam)
+    if 0 in x.shape[:-1] or 0 in out_shape:
+        return jnp.zeros(out_shape, x.dtype)
+    return _swap_align2nat(x.astype(jnp.float32), int(lam), float(pad)).astype(x.dtype)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _swap_align2nat(x, lam, pad):
+    shape = jax.ShapeDtypeStruct(output_shape(x.shape, lam), jnp.float32)
+    call = jax.ffi.ffi_call("jaxseg_swap_align2nat_fwd", shape, vmap_method=_VMAP)
+    return call(x, lambda_val=np.int64(lam), pad_val=np.float32(pad))
+
+
+def _swap_align2nat_fwd(x, lam, pad):
+    return _swap_align2nat(x, lam, pad), jnp.zeros((*x.shape[:-1], 0), x.dtype)  # carries (..., H, W)
+
+
+def _swap_align2nat_bwd(lam, pad, x_like, g):
+    s = math.isqrt(g.shape[-1]) // lam
+    shape = jax.ShapeDtypeStruct((*x_like.shape[:-1], s * s), jnp.float32)
+    call = jax.ffi.ffi_call("jaxseg_swap_align2nat_bwd", shape, vmap_method=_VMAP)
+    return (call(g.astype(jnp.float32), lambda_val=np.int64(lam)).astype(x_like.dtype),)
+
+
+_swap_align2nat.defvjp(_swap_align2nat_fwd, _swap_align2nat_bwd)

@@ -12,6 +12,8 @@ XLA_FFI_Error* JaxsegRoiAlignBackward(XLA_FFI_CallFrame*);
 XLA_FFI_Error* JaxsegNms(XLA_FFI_CallFrame*);
 XLA_FFI_Error* JaxsegPasteMasksValues(XLA_FFI_CallFrame*);
 XLA_FFI_Error* JaxsegPasteMasksBinary(XLA_FFI_CallFrame*);
+XLA_FFI_Error* JaxsegSwapAlign2NatForward(XLA_FFI_CallFrame*);
+XLA_FFI_Error* JaxsegSwapAlign2NatBackward(XLA_FFI_CallFrame*);
 }
 
 namespace {
@@ -27,6 +29,8 @@ const Target kTargets[] = {
     {"jaxseg_nms", reinterpret_cast<void*>(JaxsegNms)},
     {"jaxseg_paste_masks_values", reinterpret_cast<void*>(JaxsegPasteMasksValues)},
     {"jaxseg_paste_masks_binary", reinterpret_cast<void*>(JaxsegPasteMasksBinary)},
+    {"jaxseg_swap_align2nat_fwd", reinterpret_cast<void*>(JaxsegSwapAlign2NatForward)},
+    {"jaxseg_swap_align2nat_bwd", reinterpret_cast<void*>(JaxsegSwapAlign2NatBackward)},
 };
 
 // registrations() -> {target name: PyCapsule of the handler}

@@ -4,7 +4,7 @@ Importing this package only registers the implementations; ``triton`` and ``jax_
 imported on the first call. They are available when JAX's default backend is a GPU and
 ``jax_triton`` imports (it needs a GPU build of jaxlib).
 
-Layout: one module per op (``roi_align``, ``nms``, ``paste_masks``) holding its kernels and a
+Layout: one module per op (``roi_align``, ``nms``, ``paste_masks``, ``swap_align2nat``) holding its kernels and a
 function per kernel that returns its :class:`~jaxseg.kernels.triton.launch.Launch` (grid, block
 sizes, argument order, outputs); ``launch.run_jax`` runs a ``Launch`` through
 ``jax_triton.triton_call`` and the tests run the same ``Launch`` in Triton's CPU interpreter.
@@ -71,3 +71,9 @@ def batched_nms_triton(boxes, scores, idxs, iou_threshold, *, valid=None, max_ou
 def paste_masks_triton(masks, boxes, image_shape, threshold):
     """Triton :func:`jaxseg.kernels.paste_masks`."""
     return _ops().paste_masks(masks, boxes, image_shape, threshold)
+
+
+@register("swap_align2nat", "triton", available=available)
+def swap_align2nat_triton(x, lam, pad):
+    """Triton :func:`jaxseg.kernels.swap_align2nat`."""
+    return _ops().swap_align2nat(x, lam, pad)

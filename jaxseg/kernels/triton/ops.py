@@ -8,15 +8,18 @@ rule of its own.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 
+from jaxseg.kernels.swap_align2nat import output_shape
 from jaxseg.kernels.triton import launch as _launch
 from jaxseg.kernels.triton import nms as _nms
 from jaxseg.kernels.triton import paste_masks as _paste
 from jaxseg.kernels.triton import roi_align as _roi
+from jaxseg.kernels.triton import swap_align2nat as _swap
 
 
 def _run(build, *arrays, **static):
@@ -136,3 +139,44 @@ def paste_masks(masks, boxes, image_shape, threshold):
         threshold=threshold,
     )
     return out if threshold is None else out != 0
+
+
+# ----------------------------------------------------------------------------------------------
+# swap_align2nat
+
+
+def _tables(make, shape, lam):
+    return tuple(jnp.asarray(a) for a in make(shape, lam))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _swap_align2nat(x, lam, pad):
+    return _swap_align2nat_fwd(x, lam, pad)[0]
+
+
+def _swap_align2nat_fwd(x, lam, pad):
+    build = lambda x, *tables: _swap.forward_launch(x, *tables, lam=lam, pad=pad)
+    (y,) = _run(build, x, *_tables(_swap.forward_tables, x.shape, lam))
+    return y, jnp.zeros((*x.shape[:-1], 0), x.dtype)  # carries (N, H, W)
+
+
+def _swap_align2nat_bwd(lam, pad, x_like, g):
+    """The transposed gather (see the kernel module): deterministic, no atomics."""
+    s = math.isqrt(g.shape[-1]) // lam
+    input_shape = (*x_like.shape[:-1], s * s)
+    build = lambda g, *tables: _swap.backward_launch(g, *tables, lam=lam, input_shape=input_shape)
+    (dx,) = _run(build, g.astype(jnp.float32), *_tables(_swap.backward_tables, input_shape, lam))
+    return (dx.astype(x_like.dtype),)
+
+
+_swap_align2nat.defvjp(_swap_align2nat_fwd, _swap_align2nat_bwd)
+
+
+@partial(jax.jit, static_argnums=(1, 2))
+def swap_align2nat(x, lam, pad):
+    """Triton SwapAlign2Nat, same contract as ``swap_align2nat_xla``; differentiable w.r.t. ``x``."""
+    out_shape = output_shape(x.shape, lam)
+    if 0 in x.shape[:-1] or 0 in out_shape:
+        return jnp.zeros(out_shape, x.dtype)
+    x4 = x.reshape(-1, *x.shape[-3:]).astype(jnp.float32)
+    return _swap_align2nat(x4, int(lam), float(pad)).reshape(out_shape).astype(x.dtype)
