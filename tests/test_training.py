@@ -1,45 +1,30 @@
 """Training: the loss falls, a sharded step equals a single-device step, resume is exact, NaN stops cleanly."""
 
-import json
 import os
 
 import jax
 import numpy as np
 import pytest
+from train_helpers import assert_replicated, assert_trees_close, losses, register_tiny_shapes, steps_on_meshes
+from train_helpers import tiny_cfg as quickstart_cfg
 
-from jaxseg.config import setup_cfg
-from jaxseg.data.catalog import get_dataset_dicts, list_datasets
-from jaxseg.data.coco import register_coco_instances
+from jaxseg.data.catalog import get_dataset_dicts
 from jaxseg.data.loaders import build_train_loader
-from jaxseg.data.shapes import prepare
-from jaxseg.engine import sharding as shd
-from jaxseg.engine.train import init_train_state, make_train_step, train
+from jaxseg.engine.train import train
 from jaxseg.errors import UserError
 from jaxseg.models.registry import build_model
 
 pytestmark = pytest.mark.slow
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICKSTART = os.path.join(ROOT, "configs", "quickstart", "shapes_mask_rcnn.yaml")
 
 
 @pytest.fixture(scope="module")
 def tiny_shapes(tmp_path_factory):
     """32 shapes images registered as 'tiny_shapes_train'."""
-    name = "tiny_shapes_train"
-    if name not in list_datasets():
-        json_file, image_root = prepare("train", root=str(tmp_path_factory.mktemp("shapes")), num_images=32)
-        register_coco_instances(name, json_file, image_root)
-    return name
+    return register_tiny_shapes(tmp_path_factory, "tiny_shapes_train")
 
 
 def tiny_cfg(dataset, out, *opts):
-    return setup_cfg(QUICKSTART, ["DATASETS.TRAIN", f"('{dataset}',)", "DATASETS.TEST", "()", "OUTPUT_DIR", str(out),
-                                  "SOLVER.LOG_PERIOD", "1", "DATALOADER.NUM_WORKERS", "0", *opts])
-
-
-def losses(out_dir, key="total_loss"):
-    with open(os.path.join(out_dir, "metrics.json")) as f:
-        return {r["iteration"]: r[key] for r in map(json.loads, f) if key in r}
+    return quickstart_cfg("shapes_mask_rcnn.yaml", dataset, out, *opts)
 
 
 def test_loss_falls(tiny_shapes, tmp_path):
@@ -95,20 +80,10 @@ def test_sharded_step_equals_single_device(tiny_shapes, tmp_path, mask_format):
                    for r in records]
     loader = build_train_loader(cfg, records, model.input_spec, model.target_spec, seed=0, num_workers=0)
     batch = loader.load_batch(0)
-    results = {}
-    for n in (1, 8):
-        mesh = shd.build_mesh(n)
-        state, tx = init_train_state(cfg, model, mesh, seed=0)
-        step = make_train_step(cfg, model, tx, mesh, state, jax.random.PRNGKey(0))
-        new, metrics = step(state, shd.global_batch(batch, mesh))
-        results[n] = (jax.device_get(new.params), float(metrics["total_loss"]), new)
-    np.testing.assert_allclose(results[8][1], results[1][1], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(results[8][0]), jax.tree.leaves(results[1][0])):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    # replicated params: every device holds the same values
-    for leaf in jax.tree.leaves(results[8][2].params)[:20]:
-        shards = [np.asarray(s.data) for s in leaf.addressable_shards]
-        assert len(shards) == 8 and all(np.array_equal(shards[0], s) for s in shards[1:])
+    results = steps_on_meshes(cfg, model, batch)
+    np.testing.assert_allclose(results[8][1]["total_loss"], results[1][1]["total_loss"], rtol=1e-5)
+    assert_trees_close(jax.device_get(results[8][0].params), jax.device_get(results[1][0].params), 1e-4, 1e-6)
+    assert_replicated(results[8][0].params, 8, max_leaves=20)  # every device holds the same values
 
 
 def test_checkpoint_period_zero_saves_only_the_final_state(tiny_shapes, tmp_path):
