@@ -6,9 +6,9 @@ detections' attentions and 56x56 mask probabilities, and the final instances. Th
 stage on its own, so that a failure names it.
 """
 
+import importlib.util
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +31,15 @@ CONFIG = os.path.join(HERE, "..", "configs", "BlendMask", "R_50_3x.yaml")
 LEVELS = ["p3", "p4", "p5", "p6", "p7"]
 CROP = 8
 
-sys.path.insert(0, FIXTURE)
-import make_reference  # noqa: E402  (the fixture's compare(), numpy + pycocotools only)
+def _load_fixture_script(folder: str, name: str, alias: str):
+    """A fixture script as a module of its own name (fixtures share script names such as make_reference.py)."""
+    spec = importlib.util.spec_from_file_location(alias, os.path.join(folder, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_reference = _load_fixture_script(FIXTURE, "make_reference", "bm_make_reference")
 
 
 @pytest.fixture(scope="module")

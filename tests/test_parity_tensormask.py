@@ -6,8 +6,8 @@ and the natural windows of p2..p5), the candidates above 0.05, and the 28 final 
 windows before pasting, paste boxes = the scaled anchor boxes, pasted masks).
 """
 
+import importlib.util
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +33,15 @@ LEVELS = ["p2", "p3", "p4", "p5", "p6", "p7"]
 SIZES = (11, 15)
 CROP = 8
 
-sys.path.insert(0, FIXTURE)
-import make_reference  # noqa: E402  (the fixture's compare())
+def _load_fixture_script(folder: str, name: str, alias: str):
+    """A fixture script as a module of its own name (fixtures share script names such as make_reference.py)."""
+    spec = importlib.util.spec_from_file_location(alias, os.path.join(folder, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_reference = _load_fixture_script(FIXTURE, "make_reference", "tm_make_reference")
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ relative, gradient norms 2e-3 (5e-3 for the ResNet), small full gradients, Batch
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -44,8 +44,16 @@ INPUT = ["INPUT.MIN_SIZE_TRAIN", "(800,)", "INPUT.MAX_SIZE_TRAIN", "1333", "INPU
 BN_LAYERS = {"basis_module.refine.0.1": ("basis_module", "refine_0_1"),
              "basis_module.seg_head.1": ("basis_module", "seg_head_1")}
 
-sys.path.insert(0, os.path.join(FIXTURE, "train"))
-import make_train_reference  # noqa: E402  (the fixture's compare(), numpy only)
+def _load_fixture_script(folder: str, name: str, alias: str):
+    """A fixture script as a module of its own name (fixtures share script names such as make_reference.py)."""
+    spec = importlib.util.spec_from_file_location(alias, os.path.join(folder, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_train_reference = _load_fixture_script(os.path.join(FIXTURE, "train"), "make_train_reference",
+                                            "bm_make_train_reference")
 
 
 @pytest.fixture(scope="module")

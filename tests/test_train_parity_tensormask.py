@@ -11,8 +11,8 @@ matched GT and every mask-target pixel exact; foreground logits, deltas, windows
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +40,16 @@ INPUT = ["INPUT.MIN_SIZE_TRAIN", "(800,)", "INPUT.MIN_SIZE_TRAIN_SAMPLING", "cho
          "INPUT.RANDOM_FLIP", "none", "INPUT.MASK_FORMAT", "polygon", "SOLVER.IMS_PER_BATCH", "1",
          "DATALOADER.NUM_WORKERS", "0", "DATALOADER.MAX_GT_INSTANCES", "8"]
 
-sys.path.insert(0, os.path.join(FIXTURE, "train"))
-import make_train_reference  # noqa: E402  (the fixture's compare(), numpy only)
+def _load_fixture_script(folder: str, name: str, alias: str):
+    """A fixture script as a module of its own name (fixtures share script names such as make_reference.py)."""
+    spec = importlib.util.spec_from_file_location(alias, os.path.join(folder, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_train_reference = _load_fixture_script(os.path.join(FIXTURE, "train"), "make_train_reference",
+                                            "tm_make_train_reference")
 
 
 @pytest.fixture(scope="module")
