@@ -15,7 +15,8 @@ def fixture_module(folder: str, name: str):
     make_weights.py, so a plain import would return whichever came first)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", os.path.join(DATA, folder, f"{name}.py"))
+    alias = f"{folder}_{name}".replace("/", "_")
+    spec = importlib.util.spec_from_file_location(alias, os.path.join(DATA, folder, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -6,7 +6,6 @@ detections' attentions and 56x56 mask probabilities, and the final instances. Th
 stage on its own, so that a failure names it.
 """
 
-import importlib.util
 import json
 import os
 
@@ -15,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+from conftest import fixture_module
 
 from jaxseg.checkpoint.loading import load_weights
 from jaxseg.config import setup_cfg
@@ -31,15 +31,7 @@ CONFIG = os.path.join(HERE, "..", "configs", "BlendMask", "R_50_3x.yaml")
 LEVELS = ["p3", "p4", "p5", "p6", "p7"]
 CROP = 8
 
-def _load_fixture_script(folder: str, name: str, alias: str):
-    """A fixture script as a module of its own name (fixtures share script names such as make_reference.py)."""
-    spec = importlib.util.spec_from_file_location(alias, os.path.join(folder, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_reference = _load_fixture_script(FIXTURE, "make_reference", "bm_make_reference")
+make_reference = fixture_module("blendmask_R_50_3x", "make_reference")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ and the natural windows of p2..p5), the candidates above 0.05, and the 28 final 
 windows before pasting, paste boxes = the scaled anchor boxes, pasted masks).
 """
 
-import importlib.util
 import os
 
 import jax
@@ -14,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+from conftest import fixture_module
 
 from jaxseg.checkpoint.loading import load_weights
 from jaxseg.config import setup_cfg
@@ -33,15 +33,7 @@ LEVELS = ["p2", "p3", "p4", "p5", "p6", "p7"]
 SIZES = (11, 15)
 CROP = 8
 
-def _load_fixture_script(folder: str, name: str, alias: str):
-    """A fixture script as a module of its own name (fixtures share script names such as make_reference.py)."""
-    spec = importlib.util.spec_from_file_location(alias, os.path.join(folder, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_reference = _load_fixture_script(FIXTURE, "make_reference", "tm_make_reference")
+make_reference = fixture_module("tensormask_R_50_FPN_1x", "make_reference")
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ relative, gradient norms 2e-3 (5e-3 for the ResNet), small full gradients, Batch
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import fixture_module
 from flax.traverse_util import flatten_dict
 
 from jaxseg.checkpoint.adelaidet import adelaidet_path_to_name
@@ -44,16 +44,7 @@ INPUT = ["INPUT.MIN_SIZE_TRAIN", "(800,)", "INPUT.MAX_SIZE_TRAIN", "1333", "INPU
 BN_LAYERS = {"basis_module.refine.0.1": ("basis_module", "refine_0_1"),
              "basis_module.seg_head.1": ("basis_module", "seg_head_1")}
 
-def _load_fixture_script(folder: str, name: str, alias: str):
-    """A fixture script as a module of its own name (fixtures share script names such as make_reference.py)."""
-    spec = importlib.util.spec_from_file_location(alias, os.path.join(folder, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_train_reference = _load_fixture_script(os.path.join(FIXTURE, "train"), "make_train_reference",
-                                            "bm_make_train_reference")
+make_train_reference = fixture_module("blendmask_R_50_3x/train", "make_train_reference")
 
 
 @pytest.fixture(scope="module")

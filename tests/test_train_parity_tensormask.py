@@ -11,13 +11,13 @@ matched GT and every mask-target pixel exact; foreground logits, deltas, windows
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import fixture_module
 from flax.traverse_util import flatten_dict
 
 from jaxseg.checkpoint.detectron2 import d2_name_to_path, path_to_d2_name
@@ -40,16 +40,7 @@ INPUT = ["INPUT.MIN_SIZE_TRAIN", "(800,)", "INPUT.MIN_SIZE_TRAIN_SAMPLING", "cho
          "INPUT.RANDOM_FLIP", "none", "INPUT.MASK_FORMAT", "polygon", "SOLVER.IMS_PER_BATCH", "1",
          "DATALOADER.NUM_WORKERS", "0", "DATALOADER.MAX_GT_INSTANCES", "8"]
 
-def _load_fixture_script(folder: str, name: str, alias: str):
-    """A fixture script as a module of its own name (fixtures share script names such as make_reference.py)."""
-    spec = importlib.util.spec_from_file_location(alias, os.path.join(folder, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_train_reference = _load_fixture_script(os.path.join(FIXTURE, "train"), "make_train_reference",
-                                            "tm_make_train_reference")
+make_train_reference = fixture_module("tensormask_R_50_FPN_1x/train", "make_train_reference")
 
 
 @pytest.fixture(scope="module")
