@@ -85,3 +85,23 @@ def tensormask_weights(tmp_path_factory) -> str:
     with open(path, "wb") as f:
         pickle.dump(make_weights.make_weights(keys, seed=1), f, protocol=4)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def embedmask_weights(tmp_path_factory) -> dict[str, str]:
+    """gakkiri/EmbedMask MS_R_50_2x .pth files of the seeded random weights the reference was made with (seed 1):
+    "wrapped" ({'model': ..., 'iteration': ...} with the legacy pixel_mean / pixel_std entries, as the repo's
+    training writes) and "bare" (the state dict alone, as tools/remove_optim_from_ckpt.py writes)."""
+    import json
+
+    import torch
+
+    make_weights = fixture_module("embedmask_R_50", "make_weights")
+    with open(os.path.join(DATA, "embedmask_R_50", "keys.json")) as f:
+        keys = json.load(f)
+    sd = make_weights.make_weights(keys, seed=1)
+    out = tmp_path_factory.mktemp("emw")
+    paths = {"wrapped": str(out / "embedmask_wrapped.pth"), "bare": str(out / "embedmask_bare.pth")}
+    make_weights.save_pth(sd, paths["wrapped"])
+    torch.save({k: torch.from_numpy(v.copy()) for k, v in sd.items() if not k.startswith("pixel_")}, paths["bare"])
+    return paths

@@ -24,7 +24,7 @@ from jaxseg.checkpoint.adapters import CheckpointAdapter, register_adapter
 from jaxseg.checkpoint.detectron2 import d2_name_to_path, to_flax_layout
 
 _NORM_MODULE = re.compile(
-    r"(fcos_head\.(cls|bbox|share)_tower\.(?P<tower>\d+)"
+    r"(fcos_head\.(cls|bbox|share|pixel_embed)_tower\.(?P<tower>\d+)"
     r"|basis_module\.(refine|tower)\.\d+\.1"
     r"|basis_module\.seg_head\.[14])$")
 _BN_BUFFERS = ("running_mean", "running_var")

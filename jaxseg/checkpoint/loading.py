@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 
 from jaxseg.checkpoint.adapters import convert_state_dict, get_adapter
 from jaxseg.checkpoint.catalog import resolve_weights_path
@@ -46,6 +47,21 @@ def load_weights(cfg, path: str | None = None, model=None, initial: dict[str, An
     adapter = get_adapter(model.checkpoint_adapter)
     target = abstract_variables(model) if initial is None else initial
     ckpt = read_checkpoint(local)
+    check_pixel_statistics(ckpt["model"], model, path)
     training = initial is not None
     return convert_state_dict(ckpt["model"], target, adapter, source=local, ckpt=ckpt, allow_missing=training,
                               reinit_class_dependent=training, num_classes=getattr(model, "num_classes", None))
+
+
+def check_pixel_statistics(state: dict[str, Any], model, path: str) -> None:
+    """Files of detectron2 <= 0.1 (and repos built on it, e.g. gakkiri/EmbedMask) store the normalisation as
+    `pixel_mean` / `pixel_std` buffers; the model uses the config's values, so a file made with others is refused."""
+    spec = getattr(model, "input_spec", None)
+    for name, key in (("pixel_mean", "MODEL.PIXEL_MEAN"), ("pixel_std", "MODEL.PIXEL_STD")):
+        if name not in state or spec is None:
+            continue
+        have = np.asarray(state[name], np.float64).reshape(-1)
+        want = np.asarray(getattr(spec, name), np.float64)
+        if have.shape != want.shape or not np.allclose(have, want, rtol=1e-4, atol=1e-3):
+            raise UserError(f"MODEL.WEIGHTS {path}: the checkpoint's {name} {have.round(4).tolist()} differs from "
+                            f"{key} {want.round(4).tolist()}; set {key} to the checkpoint's values")

@@ -1,3 +1,3 @@
 """Model families. Importing this package registers every built-in family's builders and config keys."""
 
-from jaxseg.models import blendmask, fcos, rcnn, tensormask  # noqa: F401
+from jaxseg.models import blendmask, embedmask, fcos, rcnn, tensormask  # noqa: F401

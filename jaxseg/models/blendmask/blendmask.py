@@ -24,7 +24,7 @@ from jaxseg.data.target_spec import TargetSpec
 from jaxseg.models.backbones.backbone import Backbone
 from jaxseg.models.blendmask.basis_module import ProtoNet
 from jaxseg.models.blendmask.blender import merge_bases, pool_bases
-from jaxseg.models.fcos.fcos import FCOS, flatten_levels
+from jaxseg.models.fcos.fcos import FCOS, flatten_levels, patches_at
 from jaxseg.models.layers import Conv2d, normal_init
 from jaxseg.models.meta_arch import MetaArch, backbone_is_frozen, kernels_from_config, precision_from_config
 from jaxseg.models.rcnn.postprocessing import detector_postprocess
@@ -38,22 +38,6 @@ def blendmask_target_spec(cfg) -> TargetSpec:
     polygons = cfg.INPUT.MASK_FORMAT == "polygon"
     stride = int(cfg.MODEL.BASIS_MODULE.COMMON_STRIDE) if cfg.MODEL.BASIS_MODULE.LOSS_ON else 0
     return TargetSpec(polygons=polygons, bitmask_stride=0 if polygons else 1, thing_semantic_stride=stride)
-
-
-def patches_at(maps: list[jax.Array], level: jax.Array, location: jax.Array) -> jax.Array:
-    """ONE image. maps: per level (H, W, C); level, location (D,) (index y * W + x in the level) -> the 3x3
-    zero-padded neighbourhoods (D, 3, 3, C)."""
-    out = None
-    for lvl, m in enumerate(maps):
-        h, w, _ = m.shape
-        padded = jnp.pad(m, ((1, 1), (1, 1), (0, 0)))
-        y, x = location // w, location % w
-        dy, dx = jnp.meshgrid(jnp.arange(3), jnp.arange(3), indexing="ij")
-        rows = jnp.clip(y, 0, h - 1)[:, None, None] + dy  # (D, 3, 3) in the padded map
-        cols = jnp.clip(x, 0, w - 1)[:, None, None] + dx
-        patch = padded[rows, cols]  # (D, 3, 3, C)
-        out = patch if out is None else jnp.where((level == lvl)[:, None, None, None], patch, out)
-    return out
 
 
 @META_ARCH_REGISTRY.register()

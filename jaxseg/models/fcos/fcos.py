@@ -26,6 +26,22 @@ def flatten_levels(maps: Sequence[jax.Array]) -> jax.Array:
     return jnp.concatenate([m.reshape(m.shape[0], -1, m.shape[-1]) for m in maps], axis=1)
 
 
+def patches_at(maps: list[jax.Array], level: jax.Array, location: jax.Array) -> jax.Array:
+    """ONE image. maps: per level (H, W, C); level, location (D,) (index y * W + x in the level) -> the 3x3
+    zero-padded neighbourhoods (D, 3, 3, C)."""
+    out = None
+    for lvl, m in enumerate(maps):
+        h, w, _ = m.shape
+        padded = jnp.pad(m, ((1, 1), (1, 1), (0, 0)))
+        y, x = location // w, location % w
+        dy, dx = jnp.meshgrid(jnp.arange(3), jnp.arange(3), indexing="ij")
+        rows = jnp.clip(y, 0, h - 1)[:, None, None] + dy  # (D, 3, 3) in the padded map
+        cols = jnp.clip(x, 0, w - 1)[:, None, None] + dx
+        patch = padded[rows, cols]  # (D, 3, 3, C)
+        out = patch if out is None else jnp.where((level == lvl)[:, None, None, None], patch, out)
+    return out
+
+
 class FCOS(nn.Module):
     num_classes: int
     in_features: tuple[str, ...]
@@ -115,6 +131,11 @@ class FCOS(nn.Module):
 def fcos_from_config(cfg, input_shape: dict[str, ShapeSpec], kernels: str | None = None) -> FCOS:
     """MODEL.FCOS.* -> FCOS (the config is read here only). Strides come from the backbone's output shapes and must
     equal FCOS.FPN_STRIDES."""
+    return FCOS(**fcos_kwargs(cfg, input_shape, kernels), name="proposal_generator")
+
+
+def fcos_kwargs(cfg, input_shape: dict[str, ShapeSpec], kernels: str | None = None) -> dict:
+    """The FCOS fields MODEL.FCOS.* sets (shared by the FCOS variants of other families)."""
     f = cfg.MODEL.FCOS
     in_features = tuple(f.IN_FEATURES)
     strides = feature_strides(input_shape, in_features, "MODEL.FCOS.IN_FEATURES")
@@ -127,7 +148,7 @@ def fcos_from_config(cfg, input_shape: dict[str, ShapeSpec], kernels: str | None
     channels = {input_shape[name].channels for name in in_features}
     if len(channels) != 1:
         raise ValueError(f"MODEL.FCOS.IN_FEATURES {list(in_features)} have different channel counts {channels}")
-    return FCOS(
+    return dict(
         num_classes=int(f.NUM_CLASSES), channels=channels.pop(), in_features=in_features, strides=tuple(strides),
         num_cls_convs=int(f.NUM_CLS_CONVS), num_box_convs=int(f.NUM_BOX_CONVS), num_share_convs=int(f.NUM_SHARE_CONVS),
         norm=str(f.NORM), use_scale=bool(f.USE_SCALE), prior_prob=float(f.PRIOR_PROB),
@@ -135,8 +156,7 @@ def fcos_from_config(cfg, input_shape: dict[str, ShapeSpec], kernels: str | None
         post_nms_topk=int(f.POST_NMS_TOPK_TEST), nms_thresh=float(f.NMS_TH), thresh_with_ctr=bool(f.THRESH_WITH_CTR),
         sizes_of_interest=tuple(float(s) for s in f.SIZES_OF_INTEREST), center_sample=bool(f.CENTER_SAMPLE),
         pos_radius=float(f.POS_RADIUS), loss_alpha=float(f.LOSS_ALPHA), loss_gamma=float(f.LOSS_GAMMA),
-        loss_weight_cls=float(f.LOSS_WEIGHT_CLS), loc_loss_type=str(f.LOC_LOSS_TYPE), kernels=kernels,
-        name="proposal_generator")
+        loss_weight_cls=float(f.LOSS_WEIGHT_CLS), loc_loss_type=str(f.LOC_LOSS_TYPE), kernels=kernels)
 
 
 PROPOSAL_GENERATOR_REGISTRY.register(fcos_from_config, name="FCOS")

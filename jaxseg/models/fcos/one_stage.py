@@ -1,4 +1,5 @@
-"""OneStageDetector (AdelaiDet): backbone + FPN + FCOS, boxes only (configs/FCOS-Detection)."""
+"""OneStageDetector (AdelaiDet): backbone + FPN + FCOS, boxes only (configs/FCOS-Detection). With MODEL.MASK_ON
+(gakkiri/EmbedMask's configs, whose FCOS carries the embedding branches) the EmbedMask model is built instead."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ class OneStageDetector(nn.Module, MetaArch):
 
     @classmethod
     def from_config(cls, cfg) -> OneStageDetector:
+        if cfg.MODEL.MASK_ON:  # gakkiri/EmbedMask's configs: a OneStageDetector whose FCOS makes masks
+            return META_ARCH_REGISTRY.get("EmbedMask").from_config(cfg)
         kernels = kernels_from_config(cfg)
         backbone = build_backbone(cfg)
         fcos = PROPOSAL_GENERATOR_REGISTRY.get(cfg.MODEL.PROPOSAL_GENERATOR.NAME)(cfg, backbone.output_shape(),
