@@ -176,14 +176,16 @@ def test_defaults_keep_detectron2_values_and_types() -> None:
     assert cfg.TEST.AUG.ENABLED is False and cfg.SOLVER.AMP.ENABLED is False
     # detectron2 defaults.py has 192 keys; jaxseg adds 5 (SOLVER.LOG_PERIOD, MODEL.FSDP, MODEL.KERNELS,
     # DATALOADER.MAX_GT_INSTANCES, TEST.BUCKETS); the built-in families add AdelaiDet's 58 (6 outside its groups,
-    # MODEL.FCOS 31, MODEL.BLENDMASK 8, MODEL.BASIS_MODULE 11, MODEL.TOP_MODULE 2) and TensorMask's 16
-    # (MODEL.TENSOR_MASK)
+    # MODEL.FCOS 31, MODEL.BLENDMASK 8, MODEL.BASIS_MODULE 11, MODEL.TOP_MODULE 2), TensorMask's 16
+    # (MODEL.TENSOR_MASK) and jaxseg's 4 MODEL.EMBEDMASK (upstream EmbedMask adds none)
     adelaidet = ("MODEL.MOBILENET", "MODEL.BACKBONE.ANTI_ALIAS", "MODEL.RESNETS.DEFORM_INTERVAL", "INPUT.HFLIP_TRAIN",
                  "INPUT.CROP.CROP_INSTANCE", "INPUT.IS_ROTATE")
     groups = ("MODEL.FCOS.", "MODEL.BLENDMASK.", "MODEL.BASIS_MODULE.", "MODEL.TOP_MODULE.")
     family = [k for k in cfg.full_keys() if k in adelaidet or k.startswith(groups)]
     tensormask = [k for k in cfg.full_keys() if k.startswith("MODEL.TENSOR_MASK.")]
-    assert len(flat(cfg)) == len(cfg.full_keys()) == 192 + 5 + 58 + 16 and len(family) == 58 and len(tensormask) == 16
+    embedmask = [k for k in cfg.full_keys() if k.startswith("MODEL.EMBEDMASK.")]
+    assert len(flat(cfg)) == len(cfg.full_keys()) == 192 + 5 + 58 + 16 + 4
+    assert (len(family), len(tensormask), len(embedmask)) == (58, 16, 4)
     assert cfg.TEST.BUCKETS == ()
 
 

@@ -58,6 +58,8 @@ REFUSED = {
     "MODEL.BLENDMASK.TOP_INTERP": "bicubic",
     "MODEL.BLENDMASK.VISUALIZE": "True",
     "MODEL.BLENDMASK.POOLER_SCALES": "(0.125,)",
+    # EmbedMask (jaxseg's key)
+    "MODEL.EMBEDMASK.PROPOSAL_FROM": "best",
 }
 
 
