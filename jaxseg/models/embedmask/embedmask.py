@@ -27,7 +27,7 @@ from jaxseg.data.target_spec import TargetSpec
 from jaxseg.errors import UserError
 from jaxseg.models.backbones.backbone import Backbone
 from jaxseg.models.embedmask.head import EmbedMaskHead, upsample2x
-from jaxseg.models.embedmask.loss import image_mask_loss, mask_proposals, mask_targets_s4
+from jaxseg.models.embedmask.loss import image_mean, mask_proposals, mask_targets_s4, target_losses
 from jaxseg.models.embedmask.masks import box_masks, mask_probabilities, output_masks
 from jaxseg.models.fcos.fcos import FCOS, fcos_kwargs, flatten_levels
 from jaxseg.models.fcos.targets import fcos_locations
@@ -154,20 +154,29 @@ class EmbedMask(nn.Module, MetaArch):
         xy = locations[None]
         return jnp.concatenate([xy - r[..., :2], xy + r[..., 2:]], axis=-1)
 
-    def mask_loss(self, head: dict[str, list[jax.Array]], assigned: dict[str, jax.Array],
-                  batch: dict[str, jax.Array]) -> jax.Array:
-        n = batch["images"].shape[0]
+    def mask_loss_terms(self, head: dict[str, list[jax.Array]], assigned: dict[str, jax.Array],
+                        batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Per image and GT slot (N, G): the mask proposal (flat location), has_proposal, its embedding, margin and
+        predicted box, and the Lovász hinge; the stride-4 pixel embedding (N, H4, W4, E) and mask targets."""
         pick = functools.partial(mask_proposals, from_positives=self.proposal_from_positives)
-        flat, has = jax.vmap(pick)(self.predicted_boxes(head), assigned["gt_index"], assigned["positive"],
-                                   batch["gt_boxes"], batch["gt_valid"])  # (N, G)
+        boxes = self.predicted_boxes(head)
+        flat, has = jax.vmap(pick)(boxes, assigned["gt_index"], assigned["positive"], batch["gt_boxes"],
+                                   batch["gt_valid"])
         offsets = jnp.asarray(self.level_offsets(head))
         level = (jnp.searchsorted(offsets, flat, side="right") - 1).astype(jnp.int32)
         embeds, margins = self.proposal_generator.fcos_head.proposals_at(head, level, flat - offsets[level])
         pixel = upsample2x(head["pixel_embed"])  # (N, H4, W4, E)
         h4, w4 = pixel.shape[1:3]
         targets = jax.vmap(lambda m: mask_targets_s4(m, h4, w4))(batch["gt_bitmasks"])
-        per_image = jax.vmap(image_mask_loss)(pixel, embeds, margins, has, batch["gt_boxes"], targets)
-        return per_image.sum() / n
+        per_target = jax.vmap(target_losses)(pixel, embeds, margins, batch["gt_boxes"], targets)
+        return {"proposal": flat, "has_proposal": has, "embeds": embeds, "margins": margins,
+                "boxes": jnp.take_along_axis(boxes, flat[..., None], axis=1), "pixel_embed": pixel,
+                "targets": targets, "per_target": per_target}
+
+    def mask_loss(self, head: dict[str, list[jax.Array]], assigned: dict[str, jax.Array],
+                  batch: dict[str, jax.Array]) -> jax.Array:
+        t = self.mask_loss_terms(head, assigned, batch)
+        return jax.vmap(image_mean)(t["per_target"], t["has_proposal"]).sum() / batch["images"].shape[0]
 
     @nn.nowrap
     def is_frozen(self, path: tuple[str, ...]) -> bool:

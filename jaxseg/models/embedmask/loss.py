@@ -77,17 +77,19 @@ def mask_logits(log_p: jax.Array) -> jax.Array:
     return log_p - jnp.log(-jnp.expm1(jnp.minimum(log_p, -1e-30)))
 
 
-def image_mask_loss(pixel_embed: jax.Array, embeds: jax.Array, margins: jax.Array, has_proposal: jax.Array,
-                    gt_boxes: jax.Array, targets: jax.Array) -> jax.Array:
-    """ONE image. pixel_embed (H4, W4, E), embeds (G, E), margins (G,), has_proposal (G,), gt_boxes (G, 4) pixels,
-    targets (G, H4, W4) bool -> the mean Lovász hinge over the GTs with a proposal (0 when none)."""
+def target_losses(pixel_embed: jax.Array, embeds: jax.Array, margins: jax.Array, gt_boxes: jax.Array,
+                  targets: jax.Array) -> jax.Array:
+    """ONE image. pixel_embed (H4, W4, E), embeds (G, E), margins (G,), gt_boxes (G, 4) pixels, targets
+    (G, H4, W4) bool -> (G,) each GT's Lovász hinge inside its crop."""
     h4, w4 = pixel_embed.shape[:2]
     dist = jnp.sum(jnp.square(pixel_embed[None] - embeds[:, None, None, :]), axis=-1)  # (G, H4, W4)
     logits = mask_logits(-margins[:, None, None] * dist)
     crop = box_masks(gt_boxes / 4.0, h4, w4, x_max=w4 - 1.0, y_max=h4 - 1.0)
-    per_target = jax.vmap(lovasz_hinge)(logits.reshape(logits.shape[0], -1),
-                                        targets.reshape(targets.shape[0], -1).astype(jnp.float32),
-                                        crop.reshape(crop.shape[0], -1))
-    count = has_proposal.sum()
-    return jnp.where(count > 0, jnp.where(has_proposal, per_target, 0.0).sum() / jnp.maximum(count, 1), 0.0)
+    flat = lambda x: x.reshape(x.shape[0], -1)  # noqa: E731
+    return jax.vmap(lovasz_hinge)(flat(logits), flat(targets).astype(jnp.float32), flat(crop))
 
+
+def image_mean(per_target: jax.Array, has_proposal: jax.Array) -> jax.Array:
+    """(G,) losses -> their mean over the GTs with a proposal (0 when none)."""
+    count = has_proposal.sum()
+    return jnp.where(has_proposal, per_target, 0.0).sum() / jnp.maximum(count, 1)
