@@ -144,24 +144,24 @@ def check_resume(config: str, dataset: str, out, small: list[str], loss_keys: se
     assert_trees_equal(full_vars, part_vars)
 
 
-def train_through_cli(config: str, out, dataset: str, val: str, max_iter: int) -> None:
+def train_through_cli(config: str, out, dataset: str, val: str, max_iter: int, *opts: str) -> None:
     """The quickstart `config` trained from scratch for `max_iter` steps on one device through the CLI."""
     from jaxseg.main import main
 
     schedule = ["SOLVER.MAX_ITER", str(max_iter), "SOLVER.WARMUP_ITERS", "10", "SOLVER.STEPS", "()",
                 "SOLVER.CHECKPOINT_PERIOD", "1000"]
     assert main(["--config", os.path.join(QUICKSTART, config), "--num-devices", "1",
-                 *short_run_opts(dataset, out, val), *schedule]) == 0
+                 *short_run_opts(dataset, out, val), *schedule, *opts]) == 0
 
 
-def check_eval_only_reproduces(config: str, trained, dataset: str, val: str, out) -> None:
+def check_eval_only_reproduces(config: str, trained, dataset: str, val: str, out, *opts: str) -> None:
     """--eval-only on the training checkpoint gives the training run's final bbox and segm AP."""
     import pytest
 
     from jaxseg.main import main
 
     rc = main(["--config", os.path.join(QUICKSTART, config), "--eval-only", *short_run_opts(dataset, out, val),
-               "MODEL.WEIGHTS", str(trained / "checkpoints")])
+               "MODEL.WEIGHTS", str(trained / "checkpoints"), *opts])
     assert rc == 0
     results = json.loads((out / "inference" / "metrics.json").read_text())
     trained_results = json.loads((trained / "inference" / "metrics.json").read_text())
@@ -170,7 +170,7 @@ def check_eval_only_reproduces(config: str, trained, dataset: str, val: str, out
         assert results[task]["AP"] == pytest.approx(trained_results[task]["AP"], abs=1e-6, nan_ok=True)
 
 
-def check_predict(config: str, weights: str, dataset: str, val: str, out, size: int = 128) -> None:
+def check_predict(config: str, weights: str, dataset: str, val: str, out, *opts: str, size: int = 128) -> None:
     """--predict on two val pictures writes them and COCO results with in-image boxes and full-size masks."""
     from pathlib import Path
 
@@ -180,7 +180,7 @@ def check_predict(config: str, weights: str, dataset: str, val: str, out, size: 
     paths = [r["file_name"] for r in get_dataset_dicts(val)[:2]]
     pred = out / "pred"
     rc = main(["--config", os.path.join(QUICKSTART, config), "--predict", *paths, "--output", str(pred),
-               "--confidence-threshold", "0.0", *short_run_opts(dataset, out, val), "MODEL.WEIGHTS", weights])
+               "--confidence-threshold", "0.0", *short_run_opts(dataset, out, val), "MODEL.WEIGHTS", weights, *opts])
     assert rc == 0
     records = json.loads((pred / "coco_instances_results.json").read_text())
     assert records, "the trained model detects something"
