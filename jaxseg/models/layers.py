@@ -160,6 +160,17 @@ def max_pool(x: jax.Array, kernel: int, stride: int, padding: int = 0) -> jax.Ar
                                  ((0, 0), (p, p), (p, p), (0, 0)))
 
 
+def resize_bilinear(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
+    """F.interpolate(size=hw, mode="bilinear", align_corners=False) on NHWC, for upsampling (no antialiasing, which
+    jax.image.resize would apply when downscaling and torch does not)."""
+    return jax.image.resize(x, (x.shape[0], *hw, x.shape[-1]), "bilinear", antialias=False)
+
+
+def upsample_bilinear(x: jax.Array, factor: int) -> jax.Array:
+    """F.interpolate(scale_factor=factor, mode="bilinear", align_corners=False) on NHWC."""
+    return resize_bilinear(x, (x.shape[1] * factor, x.shape[2] * factor))
+
+
 def upsample_nearest2x(x: jax.Array) -> jax.Array:
     """F.interpolate(scale_factor=2, mode="nearest") on NHWC."""
     n, h, w, c = x.shape  # a broadcast, not two repeats: its gradient is one reduction (2.5x faster on CPU)

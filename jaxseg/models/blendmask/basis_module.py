@@ -12,15 +12,10 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from jaxseg.models.layers import BatchNorm, Conv2d
+from jaxseg.models.layers import BatchNorm, Conv2d, resize_bilinear
 
 # kaiming_uniform_(a=1) of AdelaiDet's conv_with_kaiming_uniform: U(+-sqrt(3 / fan_in))
 kaiming_uniform_a1 = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
-
-
-def resize_bilinear(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
-    """F.interpolate(mode="bilinear", align_corners=False) on NHWC for upsampling (no antialiasing)."""
-    return jax.image.resize(x, (x.shape[0], *hw, x.shape[-1]), "bilinear", antialias=False)
 
 
 class ProtoNet(nn.Module):

@@ -26,11 +26,12 @@ from jaxseg.data.input_spec import InputSpec
 from jaxseg.data.target_spec import TargetSpec
 from jaxseg.errors import UserError
 from jaxseg.models.backbones.backbone import Backbone
-from jaxseg.models.embedmask.head import EmbedMaskHead, upsample2x
+from jaxseg.models.embedmask.head import EmbedMaskHead
 from jaxseg.models.embedmask.loss import image_mean, mask_proposals, mask_targets_s4, target_losses
 from jaxseg.models.embedmask.masks import box_masks, mask_probabilities, output_masks
 from jaxseg.models.fcos.fcos import FCOS, fcos_kwargs, flatten_levels
-from jaxseg.models.fcos.targets import fcos_locations
+from jaxseg.models.fcos.targets import fcos_locations, location_levels
+from jaxseg.models.layers import upsample_bilinear
 from jaxseg.models.meta_arch import MetaArch, backbone_is_frozen, kernels_from_config, precision_from_config
 from jaxseg.models.rcnn.postprocessing import detector_postprocess
 from jaxseg.models.registry import META_ARCH_REGISTRY, build_backbone
@@ -104,7 +105,7 @@ class EmbedMask(nn.Module, MetaArch):
             head = fcos.head_outputs(features)
             det = fcos.predict(head)
             embeds, margins = fcos.fcos_head.proposals_at(head, det["level"], det["location"])
-            pixel = upsample2x(head["pixel_embed"])  # (N, H4, W4, E)
+            pixel = upsample_bilinear(head["pixel_embed"], 2)  # (N, H4, W4, E)
             h4, w4 = pixel.shape[1:3]
 
             def masks(p, e, m, boxes):
@@ -149,7 +150,7 @@ class EmbedMask(nn.Module, MetaArch):
         fcos = self.proposal_generator
         hw = fcos.feature_hw(head)
         locations = jnp.asarray(fcos_locations(hw, fcos.strides))  # (L, 2)
-        stride = jnp.asarray(np.repeat(np.asarray(fcos.strides, np.float32), [h * w for h, w in hw]))
+        stride = jnp.asarray(np.asarray(fcos.strides, np.float32)[location_levels(hw)])  # (L,)
         r = flatten_levels(head["reg"]) * stride[None, :, None]
         xy = locations[None]
         return jnp.concatenate([xy - r[..., :2], xy + r[..., 2:]], axis=-1)
@@ -165,7 +166,7 @@ class EmbedMask(nn.Module, MetaArch):
         offsets = jnp.asarray(self.level_offsets(head))
         level = (jnp.searchsorted(offsets, flat, side="right") - 1).astype(jnp.int32)
         embeds, margins = self.proposal_generator.fcos_head.proposals_at(head, level, flat - offsets[level])
-        pixel = upsample2x(head["pixel_embed"])  # (N, H4, W4, E)
+        pixel = upsample_bilinear(head["pixel_embed"], 2)  # (N, H4, W4, E)
         h4, w4 = pixel.shape[1:3]
         targets = jax.vmap(lambda m: mask_targets_s4(m, h4, w4))(batch["gt_bitmasks"])
         per_target = jax.vmap(target_losses)(pixel, embeds, margins, batch["gt_boxes"], targets)

@@ -27,12 +27,6 @@ from jaxseg.models.layers import Conv2d, normal_init
 PIXEL_TOWER_CONVS = 4  # fixed upstream
 
 
-def upsample2x(x: jax.Array) -> jax.Array:
-    """F.interpolate(scale_factor=2, mode="bilinear", align_corners=False) on NHWC."""
-    n, h, w, c = x.shape
-    return jax.image.resize(x, (n, 2 * h, 2 * w, c), "bilinear", antialias=False)
-
-
 class EmbedMaskHead(FCOSHead):
     embed_dim: int = 64
     strides: tuple[int, ...] = (8, 16, 32, 64, 128)
@@ -49,14 +43,14 @@ class EmbedMaskHead(FCOSHead):
     def __call__(self, features: Sequence[jax.Array]) -> dict[str, list[jax.Array]]:
         """FCOSHead's outputs plus pixel_embed (N, H3, W3, E) from the first level (p3)."""
         out = super().__call__(features)
-        x = features[0]
-        for conv, norm in self.pixel_embed_tower:
-            x = conv(x)
-            x = nn.relu(norm(x) if norm is not None else x)
-        out["pixel_embed"] = self.pixel_embed(x)
+        out["pixel_embed"] = self.pixel_embed(self.pixel_tower(features[0]))
         if self.is_initializing():  # create the parameters proposals_at reads
             self.embedding_maps(out)
         return out
+
+    def pixel_tower(self, p3: jax.Array) -> jax.Array:
+        """pixel_embed_tower(p3) (N, H3, W3, C)."""
+        return self._run_tower(p3, self.pixel_embed_tower)
 
     def margin_of(self, reg: jax.Array, stride: jax.Array) -> jax.Array:
         """reg (..., 4) in stride units, stride broadcastable to (...) -> margin (...) = exp(conv1x1(reg * stride /

@@ -55,7 +55,11 @@ class FCOSHead(nn.Module):
                  GroupNorm(32, name=f"{prefix}_{3 * i + 1}") if self.norm == "GN" else None) for i in range(n)]
 
     def _tower(self, x: jax.Array, prefix: str) -> jax.Array:
-        for conv, norm in self.towers[prefix]:
+        return self._run_tower(x, self.towers[prefix])
+
+    @staticmethod
+    def _run_tower(x: jax.Array, layers: Sequence[tuple[nn.Module, nn.Module | None]]) -> jax.Array:
+        for conv, norm in layers:
             x = conv(x)
             x = nn.relu(norm(x) if norm is not None else x)
         return x

@@ -16,13 +16,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from jaxseg.models.layers import Conv2d, normal_init
-
-
-def upsample_bilinear(x: jax.Array, factor: int) -> jax.Array:
-    """F.interpolate(scale_factor=factor, mode="bilinear", align_corners=False) on NHWC."""
-    n, h, w, c = x.shape
-    return jax.image.resize(x, (n, h * factor, w * factor, c), "bilinear", antialias=False)
+from jaxseg.models.layers import Conv2d, normal_init, upsample_bilinear
 
 
 class TensorMaskHead(nn.Module):
